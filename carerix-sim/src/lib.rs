@@ -1,0 +1,1 @@
+//! `carerix-sim`: an emulator of the public Carerix API.

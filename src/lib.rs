@@ -1,0 +1,1 @@
+//! carerix-operator: a Kubernetes operator that connects recruitment platforms to Carerix.
