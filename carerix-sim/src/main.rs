@@ -1,1 +1,2 @@
+//! The `carerix-sim` binary: runs the emulator until Ctrl-C.
 fn main() {}
