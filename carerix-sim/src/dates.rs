@@ -34,7 +34,10 @@ pub fn local_to_utc(naive: NaiveDateTime) -> Option<DateTime<Utc>> {
         LocalResult::Ambiguous(a, _) => Some(a.with_timezone(&Utc)),
         LocalResult::None => {
             let later = naive + chrono::Duration::hours(1);
-            Amsterdam.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc))
+            Amsterdam
+                .from_local_datetime(&later)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
         }
     }
 }
@@ -46,10 +49,14 @@ pub fn last_october_fallback(now: DateTime<Utc>) -> DateTime<Utc> {
     let year = now.with_timezone(&Amsterdam).year();
     for y in [year, year - 1] {
         // DST ends at 01:00 UTC on the last Sunday of October.
-        let Some(oct31) = chrono::NaiveDate::from_ymd_opt(y, 10, 31) else { continue };
+        let Some(oct31) = chrono::NaiveDate::from_ymd_opt(y, 10, 31) else {
+            continue;
+        };
         let back = oct31.weekday().num_days_from_sunday();
         let sunday = oct31 - chrono::Duration::days(i64::from(back));
-        let Some(at) = sunday.and_hms_opt(0, 0, 0) else { continue };
+        let Some(at) = sunday.and_hms_opt(0, 0, 0) else {
+            continue;
+        };
         let t = Utc.from_utc_datetime(&at);
         if t < now {
             return t;
@@ -80,8 +87,14 @@ mod tests {
 
     #[test]
     fn summer_and_winter_times_use_their_own_offsets() {
-        assert_eq!(parse("2025-07-01 12:00:00").expect("parses").to_rfc3339(), "2025-07-01T10:00:00+00:00");
-        assert_eq!(parse("2025-01-01 12:00:00").expect("parses").to_rfc3339(), "2025-01-01T11:00:00+00:00");
+        assert_eq!(
+            parse("2025-07-01 12:00:00").expect("parses").to_rfc3339(),
+            "2025-07-01T10:00:00+00:00"
+        );
+        assert_eq!(
+            parse("2025-01-01 12:00:00").expect("parses").to_rfc3339(),
+            "2025-01-01T11:00:00+00:00"
+        );
     }
 
     #[test]

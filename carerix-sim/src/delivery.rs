@@ -39,7 +39,11 @@ pub fn sign(key: &RsaPrivateKey, body: &[u8]) -> String {
 }
 
 /// Runs until the sender side is dropped; each job gets its own task.
-pub(crate) async fn worker(mut rx: mpsc::UnboundedReceiver<Job>, state: Arc<Mutex<State>>, config: DeliveryConfig) {
+pub(crate) async fn worker(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    state: Arc<Mutex<State>>,
+    config: DeliveryConfig,
+) {
     let client = match reqwest::Client::builder().timeout(config.timeout).build() {
         Ok(c) => c,
         Err(e) => {

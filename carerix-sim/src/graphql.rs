@@ -22,7 +22,9 @@ pub const SDL: &str = include_str!("../schema/carerix-sim.graphql");
 pub fn schema() -> Result<&'static Valid<Schema>, String> {
     static SCHEMA: OnceLock<Result<Valid<Schema>, String>> = OnceLock::new();
     SCHEMA
-        .get_or_init(|| Schema::parse_and_validate(SDL, "carerix-sim.graphql").map_err(|e| e.errors.to_string()))
+        .get_or_init(|| {
+            Schema::parse_and_validate(SDL, "carerix-sim.graphql").map_err(|e| e.errors.to_string())
+        })
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -43,9 +45,15 @@ pub struct Prepared {
 pub fn prepare(body: &Value) -> Result<Prepared, Value> {
     let schema = schema().map_err(|e| error_body(format!("schema error: {e}"), "InternalError"))?;
     let Some(query) = body.get("query").and_then(Value::as_str) else {
-        return Err(error_body("Request body must contain a 'query' string", "ValidationError"));
+        return Err(error_body(
+            "Request body must contain a 'query' string",
+            "ValidationError",
+        ));
     };
-    let operation_name = body.get("operationName").and_then(Value::as_str).map(str::to_owned);
+    let operation_name = body
+        .get("operationName")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let doc = ExecutableDocument::parse_and_validate(schema, query, "query.graphql").map_err(|e| {
         let errors: Vec<Value> = e
             .errors
@@ -71,7 +79,11 @@ pub fn prepare(body: &Value) -> Result<Prepared, Value> {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    Ok(Prepared { doc, operation_name, variables })
+    Ok(Prepared {
+        doc,
+        operation_name,
+        variables,
+    })
 }
 
 impl Prepared {
@@ -166,7 +178,9 @@ impl Prepared {
     }
 
     fn arguments(&self, args: &[Node<ast::Argument>]) -> Map<String, Value> {
-        args.iter().map(|a| (a.name.to_string(), self.value(&a.value))).collect()
+        args.iter()
+            .map(|a| (a.name.to_string(), self.value(&a.value)))
+            .collect()
     }
 
     fn value(&self, v: &ast::Value) -> Value {
@@ -179,7 +193,9 @@ impl Prepared {
             ast::Value::Int(i) => i.as_str().parse::<i64>().map_or(Value::Null, |n| json!(n)),
             ast::Value::Boolean(b) => Value::Bool(*b),
             ast::Value::List(l) => Value::Array(l.iter().map(|x| self.value(x)).collect()),
-            ast::Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.to_string(), self.value(x))).collect()),
+            ast::Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, x)| (k.to_string(), self.value(x))).collect())
+            }
         }
     }
 
@@ -195,7 +211,13 @@ impl Prepared {
         }
     }
 
-    fn project_into(&self, obj: &Map<String, Value>, set: &SelectionSet, ty: &str, out: &mut Map<String, Value>) {
+    fn project_into(
+        &self,
+        obj: &Map<String, Value>,
+        set: &SelectionSet,
+        ty: &str,
+        out: &mut Map<String, Value>,
+    ) {
         for sel in &set.selections {
             match sel {
                 Selection::Field(f) => {
@@ -241,7 +263,12 @@ fn single(store: &Store, entity: Entity, args: &Map<String, Value>) -> Value {
 
 /// Runs a page query: qualifier, `norestrict`, `pageable` (zero-based page, size default 20 capped at
 /// `page_cap`, sort with a stable tie-break on the numeric id).
-pub fn page(store: &Store, entity: Entity, args: &Map<String, Value>, page_cap: usize) -> Result<Value, String> {
+pub fn page(
+    store: &Store,
+    entity: Entity,
+    args: &Map<String, Value>,
+    page_cap: usize,
+) -> Result<Value, String> {
     let norestrict = args.get("norestrict").and_then(Value::as_bool).unwrap_or(false);
     let q = match args.get("qualifier").and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() => Some(qualifier::parse(s, entity).map_err(|e| e.to_string())?),
@@ -254,16 +281,29 @@ pub fn page(store: &Store, entity: Entity, args: &Map<String, Value>, page_cap: 
     let mut sort: Vec<(String, bool)> = Vec::new();
     if let Some(Value::Array(orders)) = pageable.get("sort") {
         for o in orders {
-            let Some(prop) = o.get("property").and_then(Value::as_str) else { continue };
+            let Some(prop) = o.get("property").and_then(Value::as_str) else {
+                continue;
+            };
             if entity.field_kind(prop).is_none() {
-                return Err(format!("Unknown sort property '{prop}' for {}", entity.type_name()));
+                return Err(format!(
+                    "Unknown sort property '{prop}' for {}",
+                    entity.type_name()
+                ));
             }
-            sort.push((prop.to_string(), o.get("direction").and_then(Value::as_str) == Some("DESC")));
+            sort.push((
+                prop.to_string(),
+                o.get("direction").and_then(Value::as_str) == Some("DESC"),
+            ));
         }
     }
     let mut rows: Vec<&Record> = store
         .get(&entity)
-        .map(|m| m.values().filter(|r| norestrict || !r.deleted).filter(|r| q.as_ref().is_none_or(|q| q.matches(r))).collect())
+        .map(|m| {
+            m.values()
+                .filter(|r| norestrict || !r.deleted)
+                .filter(|r| q.as_ref().is_none_or(|q| q.matches(r)))
+                .collect()
+        })
         .unwrap_or_default();
     rows.sort_by(|a, b| {
         for (prop, desc) in &sort {
@@ -277,11 +317,21 @@ pub fn page(store: &Store, entity: Entity, args: &Map<String, Value>, page_cap: 
     });
     let total = rows.len();
     let total_pages = total.div_ceil(size);
-    let items: Vec<Value> = rows.iter().skip(page_no.saturating_mul(size)).take(size).map(|r| r.to_json()).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .skip(page_no.saturating_mul(size))
+        .take(size)
+        .map(|r| r.to_json())
+        .collect();
     let sort_str = if sort.is_empty() {
         Value::Null
     } else {
-        json!(sort.iter().map(|(p, d)| format!("{p}: {}", if *d { "DESC" } else { "ASC" })).collect::<Vec<_>>().join(","))
+        json!(
+            sort.iter()
+                .map(|(p, d)| format!("{p}: {}", if *d { "DESC" } else { "ASC" }))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     };
     Ok(json!({
         "first": page_no == 0,
@@ -340,7 +390,16 @@ mod tests {
 
     fn store() -> Store {
         let mut n = 1;
-        seed("acme", &SeedSpec { seed: 1, records: 230, same_second_burst: 150, now: Utc::now() }, &mut n)
+        seed(
+            "acme",
+            &SeedSpec {
+                seed: 1,
+                records: 230,
+                same_second_burst: 150,
+                now: Utc::now(),
+            },
+            &mut n,
+        )
     }
 
     #[test]
@@ -350,7 +409,9 @@ mod tests {
 
     #[test]
     fn an_invalid_document_gets_a_validation_error() {
-        let e = prepare(&json!({"query": "{ crEmployeePage { items { noSuchField } } }"})).err().expect("invalid");
+        let e = prepare(&json!({"query": "{ crEmployeePage { items { noSuchField } } }"}))
+            .err()
+            .expect("invalid");
         assert_eq!(e["errors"][0]["extensions"]["classification"], "ValidationError");
     }
 
@@ -379,7 +440,9 @@ mod tests {
     #[test]
     fn page_size_is_capped_and_soft_deleted_records_are_hidden_by_default() {
         let s = store();
-        let Value::Object(args) = json!({"pageable": {"size": 500}}) else { panic!() };
+        let Value::Object(args) = json!({"pageable": {"size": 500}}) else {
+            panic!()
+        };
         let v = page(&s, Entity::Employee, &args, 100).expect("page");
         assert_eq!(v["size"], 100);
         let hidden = s[&Entity::Employee].values().filter(|r| r.deleted).count();
@@ -402,15 +465,22 @@ mod tests {
 
     #[test]
     fn a_bad_qualifier_is_a_graphql_error() {
-        let p = prepare(&json!({"query": "{ crMatchPage(qualifier: \"deleted = 0\") { totalElements } }"})).expect("valid");
+        let p = prepare(&json!({"query": "{ crMatchPage(qualifier: \"deleted = 0\") { totalElements } }"}))
+            .expect("valid");
         let v = p.execute(&store(), 100);
-        assert!(v["errors"][0]["message"].as_str().expect("msg").contains("Invalid qualifier"));
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .expect("msg")
+                .contains("Invalid qualifier")
+        );
     }
 
     /// Every type, field and argument of our SDL exists with the same type in the real schema.
     #[test]
     fn our_schema_is_a_subset_of_the_real_carerix_schema() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/carerix/schema.graphql");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/carerix/schema.graphql");
         let Ok(real_sdl) = std::fs::read_to_string(&path) else {
             panic!(
                 "the real Carerix schema is missing at {}: get it from github.com/jwvantriet/confair-api \
@@ -424,28 +494,43 @@ mod tests {
             if ty.is_built_in() {
                 continue;
             }
-            let Some(real_ty) = real.types.get(name) else { panic!("type {name} missing in the real schema") };
+            let Some(real_ty) = real.types.get(name) else {
+                panic!("type {name} missing in the real schema")
+            };
             use apollo_compiler::schema::ExtendedType as T;
             match (ty, real_ty) {
                 (T::Object(o), T::Object(r)) => {
                     for (fname, f) in &o.fields {
-                        let rf = r.fields.get(fname).unwrap_or_else(|| panic!("{name}.{fname} missing"));
+                        let rf = r
+                            .fields
+                            .get(fname)
+                            .unwrap_or_else(|| panic!("{name}.{fname} missing"));
                         assert_eq!(f.ty, rf.ty, "{name}.{fname} type differs");
                         for a in &f.arguments {
-                            let ra = rf.arguments.iter().find(|x| x.name == a.name)
+                            let ra = rf
+                                .arguments
+                                .iter()
+                                .find(|x| x.name == a.name)
                                 .unwrap_or_else(|| panic!("{name}.{fname}({}) missing", a.name));
                             assert_eq!(a.ty, ra.ty, "{name}.{fname}({}) type differs", a.name);
                         }
                         for ra in &rf.arguments {
                             if ra.ty.is_non_null() && ra.default_value.is_none() {
-                                assert!(f.arguments.iter().any(|a| a.name == ra.name), "{name}.{fname} lacks required {}", ra.name);
+                                assert!(
+                                    f.arguments.iter().any(|a| a.name == ra.name),
+                                    "{name}.{fname} lacks required {}",
+                                    ra.name
+                                );
                             }
                         }
                     }
                 }
                 (T::InputObject(o), T::InputObject(r)) => {
                     for (fname, f) in &o.fields {
-                        let rf = r.fields.get(fname).unwrap_or_else(|| panic!("{name}.{fname} missing"));
+                        let rf = r
+                            .fields
+                            .get(fname)
+                            .unwrap_or_else(|| panic!("{name}.{fname} missing"));
                         assert_eq!(f.ty, rf.ty, "{name}.{fname} type differs");
                     }
                     for (fname, rf) in &r.fields {

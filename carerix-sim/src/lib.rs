@@ -38,8 +38,8 @@ use url::Url;
 
 pub use model::Entity;
 pub use sim::{
-    ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim, SimError,
-    TenantInfo, WebhookInfo, WebhookStatus,
+    ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim,
+    SimError, TenantInfo, WebhookInfo, WebhookStatus,
 };
 
 /// Errors of starting the emulator.
@@ -78,7 +78,10 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             timeout: Duration::from_secs(10),
-            backoff: [60, 300, 1800, 7200, 21600].into_iter().map(Duration::from_secs).collect(),
+            backoff: [60, 300, 1800, 7200, 21600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
             max_retries: 5,
         }
     }
@@ -161,7 +164,11 @@ impl Config {
             key_bits: 1024,
             delivery: DeliveryConfig {
                 timeout: Duration::from_secs(2),
-                backoff: vec![Duration::from_millis(50), Duration::from_millis(100), Duration::from_millis(200)],
+                backoff: vec![
+                    Duration::from_millis(50),
+                    Duration::from_millis(100),
+                    Duration::from_millis(200),
+                ],
                 max_retries: 3,
             },
             ..Config::default()
@@ -208,7 +215,9 @@ pub async fn spawn(config: Config) -> Result<SimHandle, Error> {
     let addr = listener.local_addr()?;
     let base_url = Url::parse(&format!("http://{addr}/"))?;
     let bits = config.key_bits;
-    let key = tokio::task::spawn_blocking(move || auth::generate_key(bits)).await.map_err(|e| Error::Task(e.to_string()))??;
+    let key = tokio::task::spawn_blocking(move || auth::generate_key(bits))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
     let signer = auth::Signer::new(&key)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let sim = Arc::new(Sim::new(config.clone(), signer, base_url.clone(), tx));
@@ -231,5 +240,10 @@ pub async fn spawn(config: Config) -> Result<SimHandle, Error> {
             tracing::error!("carerix-sim server error: {e}");
         }
     });
-    Ok(SimHandle { sim, base_url, shutdown: Some(stx), server })
+    Ok(SimHandle {
+        sim,
+        base_url,
+        shutdown: Some(stx),
+        server,
+    })
 }

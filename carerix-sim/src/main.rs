@@ -102,9 +102,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let args = Args::parse();
     let mut config = carerix_sim::Config {
         listen: args.listen,
@@ -119,7 +122,10 @@ async fn main() -> anyhow::Result<()> {
         ..carerix_sim::Config::default()
     };
     for t in &args.tenants {
-        config.tenants.push(carerix_sim::TenantConfig { name: t.clone(), webhooks_activated: args.webhooks_activated });
+        config.tenants.push(carerix_sim::TenantConfig {
+            name: t.clone(),
+            webhooks_activated: args.webhooks_activated,
+        });
     }
     for c in &args.clients {
         let mut parts = c.splitn(3, ':');
@@ -127,9 +133,16 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("--client must be TENANT:ID:SECRET, got '{c}'");
         };
         if !config.tenants.iter().any(|t| t.name == tenant) {
-            config.tenants.push(carerix_sim::TenantConfig { name: tenant.into(), webhooks_activated: args.webhooks_activated });
+            config.tenants.push(carerix_sim::TenantConfig {
+                name: tenant.into(),
+                webhooks_activated: args.webhooks_activated,
+            });
         }
-        config.clients.push(carerix_sim::ClientConfig { tenant: tenant.into(), client_id: id.into(), secret: secret.into() });
+        config.clients.push(carerix_sim::ClientConfig {
+            tenant: tenant.into(),
+            client_id: id.into(),
+            secret: secret.into(),
+        });
     }
     let handle = carerix_sim::spawn(config).await?;
     let base = handle.base_url();

@@ -104,9 +104,9 @@ impl Entity {
     /// Looks an entity up by type name, query name, event prefix or operator name (case-insensitive).
     pub fn parse(s: &str) -> Option<Entity> {
         let l = s.to_lowercase();
-        Entity::ALL.into_iter().find(|e| {
-            e.type_name().to_lowercase() == l || e.event_prefix() == l || e.operator_name() == l
-        })
+        Entity::ALL
+            .into_iter()
+            .find(|e| e.type_name().to_lowercase() == l || e.event_prefix() == l || e.operator_name() == l)
     }
 
     /// Finds the entity for a root query field name and whether it is the page query.
@@ -239,7 +239,10 @@ impl Record {
         m.insert("_id".into(), Value::String(self.id.to_string()));
         m.insert("_kind".into(), Value::String(self.entity.type_name().into()));
         m.insert("creationDate".into(), Value::String(dates::format(self.creation)));
-        m.insert("modificationDate".into(), Value::String(dates::format(self.modification)));
+        m.insert(
+            "modificationDate".into(),
+            Value::String(dates::format(self.modification)),
+        );
         if self.entity.has_deleted() {
             m.insert("deleted".into(), json!(i32::from(self.deleted)));
         }
@@ -258,23 +261,84 @@ const FIRST: &[&str] = &[
     "Sophie", "Tess", "Zoë", "Sara", "Anna", "Fleur", "Lotte", "Eva", "Femke", "Sanne", "Ruben", "Joris",
 ];
 const LAST: &[&str] = &[
-    "de Jong", "Jansen", "de Vries", "van den Berg", "van Dijk", "Bakker", "Janssen", "Visser", "Smit",
-    "Meijer", "de Boer", "Mulder", "de Groot", "Bos", "Vos", "Peters", "Hendriks", "van Leeuwen", "Dekker",
-    "Brouwer", "de Wit", "Dijkstra", "Smits", "de Graaf",
+    "de Jong",
+    "Jansen",
+    "de Vries",
+    "van den Berg",
+    "van Dijk",
+    "Bakker",
+    "Janssen",
+    "Visser",
+    "Smit",
+    "Meijer",
+    "de Boer",
+    "Mulder",
+    "de Groot",
+    "Bos",
+    "Vos",
+    "Peters",
+    "Hendriks",
+    "van Leeuwen",
+    "Dekker",
+    "Brouwer",
+    "de Wit",
+    "Dijkstra",
+    "Smits",
+    "de Graaf",
 ];
 const CITIES: &[&str] = &[
-    "Amsterdam", "Rotterdam", "Utrecht", "Den Haag", "Eindhoven", "Groningen", "Tilburg", "Almere",
-    "Breda", "Nijmegen", "Apeldoorn", "Haarlem", "Arnhem", "Zwolle", "Leiden", "Maastricht",
+    "Amsterdam",
+    "Rotterdam",
+    "Utrecht",
+    "Den Haag",
+    "Eindhoven",
+    "Groningen",
+    "Tilburg",
+    "Almere",
+    "Breda",
+    "Nijmegen",
+    "Apeldoorn",
+    "Haarlem",
+    "Arnhem",
+    "Zwolle",
+    "Leiden",
+    "Maastricht",
 ];
 const COMPANY_A: &[&str] = &[
-    "Bouwbedrijf", "Techniek", "Logistiek", "Zorggroep", "Installatie", "Transport", "Metaal", "Software",
+    "Bouwbedrijf",
+    "Techniek",
+    "Logistiek",
+    "Zorggroep",
+    "Installatie",
+    "Transport",
+    "Metaal",
+    "Software",
 ];
-const COMPANY_B: &[&str] = &["Holland", "Noord", "Delta", "Rijnmond", "Veluwe", "Brabant", "Lage Landen"];
+const COMPANY_B: &[&str] = &[
+    "Holland",
+    "Noord",
+    "Delta",
+    "Rijnmond",
+    "Veluwe",
+    "Brabant",
+    "Lage Landen",
+];
 const COMPANY_SUFFIX: &[&str] = &["B.V.", "N.V.", "& Zn.", "Groep", "Partners"];
 const TITLES: &[&str] = &[
-    "Magazijnmedewerker", "Heftruckchauffeur", "Verpleegkundige", "Software Engineer", "Monteur",
-    "Administratief medewerker", "Accountmanager", "Lasser", "Projectleider", "Recruiter", "Planner",
-    "Elektricien", "Klantenservice medewerker", "Productiemedewerker",
+    "Magazijnmedewerker",
+    "Heftruckchauffeur",
+    "Verpleegkundige",
+    "Software Engineer",
+    "Monteur",
+    "Administratief medewerker",
+    "Accountmanager",
+    "Lasser",
+    "Projectleider",
+    "Recruiter",
+    "Planner",
+    "Elektricien",
+    "Klantenservice medewerker",
+    "Productiemedewerker",
 ];
 
 fn pick<'a>(rng: &mut StdRng, list: &[&'a str]) -> &'a str {
@@ -305,7 +369,9 @@ pub struct SeedSpec {
 }
 
 fn tenant_seed(seed: u64, tenant: &str) -> u64 {
-    tenant.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    tenant.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Generates a deterministic record set for a tenant. Ids are numeric and unique per tenant.
@@ -330,7 +396,11 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
             } else if spec.records - i <= 6 {
                 // the last six: three in the first pass (+0200), three in the second (+0100)
                 let k = (spec.records - i - 1) as i64;
-                let pass = if k >= 3 { Duration::hours(1) } else { Duration::zero() };
+                let pass = if k >= 3 {
+                    Duration::hours(1)
+                } else {
+                    Duration::zero()
+                };
                 fallback + pass + Duration::minutes(10 * (k % 3) + 5) + Duration::seconds(k)
             } else {
                 day_start - Duration::seconds(rng.random_range(60..365 * 86_400))
@@ -373,10 +443,16 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
                         pick(&mut rng, COMPANY_B),
                         pick(&mut rng, COMPANY_SUFFIX)
                     );
-                    let domain: String =
-                        name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
+                    let domain: String = name
+                        .chars()
+                        .filter(|c| c.is_ascii_alphanumeric())
+                        .collect::<String>()
+                        .to_lowercase();
                     fields.insert("name".into(), json!(name));
-                    fields.insert("kvkNumber".into(), json!(format!("{:08}", rng.random_range(10_000_000..99_999_999u32))));
+                    fields.insert(
+                        "kvkNumber".into(),
+                        json!(format!("{:08}", rng.random_range(10_000_000..99_999_999u32))),
+                    );
                     fields.insert("emailAddress".into(), json!(format!("info@{domain}.nl")));
                     fields.insert("visitCity".into(), json!(pick(&mut rng, CITIES)));
                 }
@@ -384,7 +460,10 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
                     fields.insert("jobTitle".into(), json!(pick(&mut rng, TITLES)));
                     fields.insert("startDate".into(), json!(start));
                     fields.insert("endDate".into(), json!(end));
-                    fields.insert("notes".into(), json!(format!("Fulltime, regio {}", pick(&mut rng, CITIES))));
+                    fields.insert(
+                        "notes".into(),
+                        json!(format!("Fulltime, regio {}", pick(&mut rng, CITIES))),
+                    );
                     fields.insert("toCompany".into(), rel(&store, Entity::Company, &mut rng));
                 }
                 Entity::Match => {
@@ -413,10 +492,17 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
             }
             let deleted = entity.has_deleted() && rng.random_range(0..25) == 0;
             ids.push(id);
-            store
-                .entry(entity)
-                .or_default()
-                .insert(id, Record { id, entity, deleted, creation, modification, fields });
+            store.entry(entity).or_default().insert(
+                id,
+                Record {
+                    id,
+                    entity,
+                    deleted,
+                    creation,
+                    modification,
+                    fields,
+                },
+            );
         }
     }
     store
@@ -427,7 +513,12 @@ mod tests {
     use super::*;
 
     fn spec() -> SeedSpec {
-        SeedSpec { seed: 7, records: 200, same_second_burst: 150, now: Utc::now() }
+        SeedSpec {
+            seed: 7,
+            records: 200,
+            same_second_burst: 150,
+            now: Utc::now(),
+        }
     }
 
     #[test]
@@ -453,7 +544,10 @@ mod tests {
         let store = seed("acme", &spec(), &mut n);
         let fb = dates::last_october_fallback(Utc::now());
         let in_pass = |from: DateTime<Utc>| {
-            store[&Entity::Vacancy].values().filter(|r| r.modification >= from && r.modification < from + Duration::hours(1)).count()
+            store[&Entity::Vacancy]
+                .values()
+                .filter(|r| r.modification >= from && r.modification < from + Duration::hours(1))
+                .count()
         };
         assert!(in_pass(fb) >= 3);
         assert!(in_pass(fb + Duration::hours(1)) >= 3);
@@ -465,7 +559,10 @@ mod tests {
         let store = seed("acme", &spec(), &mut n);
         for r in store[&Entity::Job].values() {
             for (f, target) in [("toEmployee", Entity::Employee), ("toMatch", Entity::Match)] {
-                let id: u64 = r.fields[f]["_id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+                let id: u64 = r.fields[f]["_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("id");
                 assert!(store[&target].contains_key(&id));
             }
         }

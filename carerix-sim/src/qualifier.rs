@@ -94,7 +94,10 @@ fn lex(s: &str) -> Result<Vec<Tok>, QualifierError> {
             let rest: String = chars[i + 1..].iter().collect();
             let word: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
             let after = rest[word.len()..].trim_start();
-            if !word.is_empty() && word.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && after.starts_with(')') {
+            if !word.is_empty()
+                && word.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && after.starts_with(')')
+            {
                 let consumed = rest.len() - after.len() + 1;
                 out.push(Tok::Cast(word));
                 i += 1 + rest[..consumed].chars().count();
@@ -126,7 +129,9 @@ fn lex(s: &str) -> Result<Vec<Tok>, QualifierError> {
                 j += 1;
             }
             let t: String = chars[i..j].iter().collect();
-            out.push(Tok::Num(t.parse().map_err(|_| QualifierError(format!("bad number {t}")))?));
+            out.push(Tok::Num(
+                t.parse().map_err(|_| QualifierError(format!("bad number {t}")))?,
+            ));
             i = j;
         } else if "=!<>".contains(c) {
             let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
@@ -229,14 +234,20 @@ impl Parser<'_> {
         match t {
             Some(Tok::Str(s)) => Ok(Literal::Str(s)),
             Some(Tok::Num(n)) => Ok(Literal::Num(n)),
-            Some(Tok::Ident(w)) if w.eq_ignore_ascii_case("nil") || w.eq_ignore_ascii_case("null") => Ok(Literal::Nil),
-            Some(Tok::Cast(c)) if c == "NSCalendarDate" || c == "NSTimestamp" => match self.toks.get(self.pos).cloned() {
-                Some(Tok::Str(s)) => {
-                    self.pos += 1;
-                    dates::parse(&s).map(Literal::Date).ok_or_else(|| QualifierError(format!("bad date '{s}'")))
+            Some(Tok::Ident(w)) if w.eq_ignore_ascii_case("nil") || w.eq_ignore_ascii_case("null") => {
+                Ok(Literal::Nil)
+            }
+            Some(Tok::Cast(c)) if c == "NSCalendarDate" || c == "NSTimestamp" => {
+                match self.toks.get(self.pos).cloned() {
+                    Some(Tok::Str(s)) => {
+                        self.pos += 1;
+                        dates::parse(&s)
+                            .map(Literal::Date)
+                            .ok_or_else(|| QualifierError(format!("bad date '{s}'")))
+                    }
+                    _ => err("expected a date string after (NSCalendarDate)"),
                 }
-                _ => err("expected a date string after (NSCalendarDate)"),
-            },
+            }
             Some(Tok::Cast(c)) => err(format!("unsupported cast ({c})")),
             Some(t) => err(format!("expected a literal, found {t:?}")),
             None => err("expected a literal at end of qualifier"),
@@ -250,7 +261,10 @@ impl Parser<'_> {
         match (self.entity.field_kind(head), tail) {
             (Some(FieldKind::Rel(_)), None | Some("_id")) => Ok(()),
             (Some(_), None) => Ok(()),
-            _ => err(format!("unknown key path '{path}' for {}", self.entity.type_name())),
+            _ => err(format!(
+                "unknown key path '{path}' for {}",
+                self.entity.type_name()
+            )),
         }
     }
 }
@@ -261,7 +275,12 @@ pub fn parse(src: &str, entity: Entity) -> Result<Qualifier, QualifierError> {
     if toks.is_empty() {
         return err("empty qualifier");
     }
-    let mut p = Parser { toks, pos: 0, entity, _src: src };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        entity,
+        _src: src,
+    };
     let q = p.or()?;
     if p.pos != p.toks.len() {
         return err(format!("unexpected trailing input at token {}", p.pos + 1));
@@ -292,7 +311,9 @@ fn field_value(r: &Record, path: &str) -> Val {
                 Some(n) => Val::Num(n),
                 None => Val::Nil,
             },
-            (Some(FieldKind::Date), Some(Value::String(s))) => dates::parse(s).map_or(Val::Str(s.clone()), Val::Time),
+            (Some(FieldKind::Date), Some(Value::String(s))) => {
+                dates::parse(s).map_or(Val::Str(s.clone()), Val::Time)
+            }
             (_, Some(Value::Number(n))) => Val::Num(n.as_f64().unwrap_or_default()),
             (_, Some(Value::String(s))) => Val::Str(s.clone()),
             (_, Some(v)) => Val::Str(v.to_string()),
@@ -341,7 +362,11 @@ fn compare(v: &Val, op: Op, lit: &Literal) -> bool {
             Val::Time(t) => dates::format(*t),
             Val::Nil => return false,
         };
-        return if op == Op::ILike { wildcard(&p.to_lowercase(), &s.to_lowercase()) } else { wildcard(p, &s) };
+        return if op == Op::ILike {
+            wildcard(&p.to_lowercase(), &s.to_lowercase())
+        } else {
+            wildcard(p, &s)
+        };
     }
     let ord: Option<Ordering> = match (v, lit) {
         (Val::Time(a), Literal::Date(b)) => Some(a.cmp(b)),
@@ -410,7 +435,10 @@ mod tests {
         assert!(m("firstName = 'Daan' AND lastName != \"Bakker\"", &r));
         assert!(m("visitCity = nil", &r));
         assert!(!m("firstName = nil", &r));
-        assert!(m("(firstName = 'X' OR lastName = 'de Vries') AND deleted = 0", &r));
+        assert!(m(
+            "(firstName = 'X' OR lastName = 'de Vries') AND deleted = 0",
+            &r
+        ));
         assert!(m("firstName like 'Da*'", &r));
     }
 
@@ -418,17 +446,42 @@ mod tests {
     fn dates_compare_as_instants_across_the_dst_change() {
         // second pass of the repeated hour (+0100) is after the first pass (+0200)
         let second = rec(1, "2025-10-26 02:30:00 +0100");
-        assert!(m("modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'", &second));
-        assert!(m("modificationDate > (NSCalendarDate) '2025-10-26 02:45:00 +0200'", &second));
-        assert!(!m("modificationDate < (NSCalendarDate) '2025-10-26 02:10:00 +0100'", &second));
+        assert!(m(
+            "modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'",
+            &second
+        ));
+        assert!(m(
+            "modificationDate > (NSCalendarDate) '2025-10-26 02:45:00 +0200'",
+            &second
+        ));
+        assert!(!m(
+            "modificationDate < (NSCalendarDate) '2025-10-26 02:10:00 +0100'",
+            &second
+        ));
         let first = rec(2, "2025-10-26 02:30:00 +0200");
-        assert!(m("modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'", &first));
-        assert!(!m("modificationDate > (NSCalendarDate) '2025-10-26 02:30:00'", &first));
+        assert!(m(
+            "modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'",
+            &first
+        ));
+        assert!(!m(
+            "modificationDate > (NSCalendarDate) '2025-10-26 02:30:00'",
+            &first
+        ));
     }
 
     #[test]
     fn garbage_is_rejected() {
-        for q in ["", "firstName", "firstName = ", "nosuchfield = 1", "a = 'x", "firstName = 'x' AND", "(_id = 1", "_id ~ 2", "toCompany.name = 'x'"] {
+        for q in [
+            "",
+            "firstName",
+            "firstName = ",
+            "nosuchfield = 1",
+            "a = 'x",
+            "firstName = 'x' AND",
+            "(_id = 1",
+            "_id ~ 2",
+            "toCompany.name = 'x'",
+        ] {
             assert!(parse(q, Entity::Employee).is_err(), "{q} should fail");
         }
     }
@@ -438,7 +491,15 @@ mod tests {
         let mut r = rec(5, "2025-06-01 12:00:00");
         r.entity = Entity::Vacancy;
         r.fields.insert("toCompany".into(), json!({"_id": "17"}));
-        assert!(parse("toCompany = 17", Entity::Vacancy).expect("parses").matches(&r));
-        assert!(parse("toCompany._id = '17'", Entity::Vacancy).expect("parses").matches(&r));
+        assert!(
+            parse("toCompany = 17", Entity::Vacancy)
+                .expect("parses")
+                .matches(&r)
+        );
+        assert!(
+            parse("toCompany._id = '17'", Entity::Vacancy)
+                .expect("parses")
+                .matches(&r)
+        );
     }
 }
