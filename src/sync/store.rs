@@ -1,0 +1,390 @@
+//! The PostgreSQL sink: versioned migrations, idempotent upserts, the watermark, processed events.
+//!
+//! Every table is keyed by `connection` (`namespace/name`) first, so several connections share one
+//! schema without mixing data. See `docs/sync.md` for the tables and example queries.
+
+use std::{str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::Value;
+use tokio_postgres::{NoTls, Transaction};
+
+use super::{Error, keyset::Cursor};
+use crate::carerix::Entity;
+
+/// The versioned migrations, applied in order. Never edit one that shipped: add a new one.
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+
+const V1: &str = r#"
+CREATE TABLE IF NOT EXISTS sync_state (
+    connection text NOT NULL,
+    entity text NOT NULL,
+    phase text NOT NULL DEFAULT 'Initial',
+    watermark_date text,
+    watermark_at timestamptz,
+    watermark_id text,
+    records bigint NOT NULL DEFAULT 0,
+    initial_done boolean NOT NULL DEFAULT false,
+    last_run_finished timestamptz,
+    last_full_compare timestamptz,
+    PRIMARY KEY (connection, entity)
+);
+CREATE TABLE IF NOT EXISTS processed_events (
+    connection text NOT NULL,
+    event_id text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (connection, event_id)
+);
+"#;
+
+const ENTITY_TABLE: &str = r#"
+CREATE TABLE IF NOT EXISTS {t} (
+    connection text NOT NULL,
+    id text NOT NULL,
+    modification_date text,
+    deleted boolean NOT NULL DEFAULT false,
+    deleted_at timestamptz,
+    record jsonb NOT NULL,
+    synced_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (connection, id)
+);
+CREATE INDEX IF NOT EXISTS {t_plain}_modification ON {t} (connection, modification_date);
+"#;
+
+/// A pool for a sink URL. Connections are made lazily; a down server fails within seconds.
+///
+/// # Errors
+/// [`Error::InvalidSinkUrl`] when the URL does not parse (the message never contains the URL).
+pub fn pool(url: &str) -> Result<Pool, Error> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(|_| Error::InvalidSinkUrl)?;
+    cfg.connect_timeout(Duration::from_secs(5));
+    cfg.application_name("carerix-operator");
+    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(mgr)
+        .max_size(8)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|_| Error::InvalidSinkUrl)
+}
+
+/// A schema name checked to be a plain lowercase identifier, quoted for SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schema(String);
+
+impl Schema {
+    /// Checks the name (the CRD enforces the same pattern).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSchema`] when it is not `^[a-z_][a-z0-9_]{0,62}$`.
+    pub fn new(name: &str) -> Result<Self, Error> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok { Ok(Schema(name.to_string())) } else { Err(Error::InvalidSchema(name.to_string())) }
+    }
+
+    /// The bare name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `"schema"."table"`.
+    pub fn table(&self, table: &str) -> String {
+        format!("\"{}\".\"{}\"", self.0, table)
+    }
+
+    /// The table of an entity, e.g. `"carerix"."candidates"`.
+    pub fn entity(&self, entity: Entity) -> String {
+        self.table(entity.name())
+    }
+}
+
+/// Runs the migrations that are not applied yet, each in its own transaction under an advisory
+/// lock, so several operator replicas or connections can start at once.
+///
+/// # Errors
+/// [`Error::Sink`] when PostgreSQL fails.
+pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
+    let mut client = pool.get().await?;
+    let lock_key = format!("carerix-operator:{}", schema.name());
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{s}\"; CREATE TABLE IF NOT EXISTS {m} (version integer PRIMARY KEY, \
+         applied_at timestamptz NOT NULL DEFAULT now())",
+        s = schema.name(),
+        m = schema.table("schema_migrations")
+    ))
+    .await?;
+    tx.commit().await?;
+    for (version, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
+        let done = tx
+            .query_opt(&format!("SELECT 1 FROM {} WHERE version = $1", schema.table("schema_migrations")), &[version])
+            .await?
+            .is_some();
+        if !done {
+            tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", schema.name())).await?;
+            tx.batch_execute(sql).await?;
+            if *version == 1 {
+                for e in Entity::ALL {
+                    let ddl = ENTITY_TABLE
+                        .replace("{t_plain}", e.name())
+                        .replace("{t}", &schema.entity(e));
+                    tx.batch_execute(&ddl).await?;
+                }
+            }
+            tx.execute(&format!("INSERT INTO {} (version) VALUES ($1)", schema.table("schema_migrations")), &[version])
+                .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The stored sync state of one entity.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EntityState {
+    /// Where the next page starts.
+    pub cursor: Option<Cursor>,
+    /// The watermark as Carerix writes it.
+    pub watermark_date: Option<String>,
+    /// Records written during the current initial pass (or live count later).
+    pub records: i64,
+    /// The first full pass finished.
+    pub initial_done: bool,
+    /// When the last pass finished.
+    pub last_run_finished: Option<DateTime<Utc>>,
+    /// When the last full comparison of ids started.
+    pub last_full_compare: Option<DateTime<Utc>>,
+}
+
+/// Reads the state of an entity (default when none is stored).
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn load_state(pool: &Pool, schema: &Schema, connection: &str, entity: Entity) -> Result<EntityState, Error> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT watermark_date, watermark_at, watermark_id, records, initial_done, last_run_finished, \
+                 last_full_compare FROM {} WHERE connection = $1 AND entity = $2",
+                schema.table("sync_state")
+            ),
+            &[&connection, &entity.name()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(EntityState::default()) };
+    let at: Option<DateTime<Utc>> = row.get(1);
+    Ok(EntityState {
+        cursor: at.map(|at| Cursor { at, id: row.get(2) }),
+        watermark_date: row.get(0),
+        records: row.get(3),
+        initial_done: row.get(4),
+        last_run_finished: row.get(5),
+        last_full_compare: row.get(6),
+    })
+}
+
+/// Upserts records. Newer wins: a row is not replaced by an older `modificationDate`, except in
+/// the repeated autumn hour where wall-clock order says nothing (then the last write wins).
+async fn upsert(tx: &Transaction<'_>, schema: &Schema, connection: &str, entity: Entity, items: &[Value]) -> Result<u64, Error> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let force = items
+        .iter()
+        .any(|r| r.get("modificationDate").and_then(Value::as_str).is_some_and(super::keyset::is_ambiguous));
+    let sql = format!(
+        "INSERT INTO {t} AS t (connection, id, modification_date, deleted, deleted_at, record, synced_at) \
+         SELECT $1, r->>'_id', r->>'modificationDate', COALESCE(r->>'deleted', '0') NOT IN ('0', 'false'), \
+                CASE WHEN COALESCE(r->>'deleted', '0') NOT IN ('0', 'false') THEN now() END, r, now() \
+         FROM jsonb_array_elements($2::jsonb) AS r WHERE r->>'_id' IS NOT NULL \
+         ON CONFLICT (connection, id) DO UPDATE SET modification_date = excluded.modification_date, \
+             deleted = excluded.deleted, \
+             deleted_at = CASE WHEN excluded.deleted THEN COALESCE(t.deleted_at, now()) END, \
+             record = excluded.record, synced_at = now() \
+         WHERE $3 OR t.modification_date IS NULL OR excluded.modification_date IS NULL \
+             OR excluded.modification_date >= t.modification_date",
+        t = schema.entity(entity)
+    );
+    let array = Value::Array(items.to_vec());
+    Ok(tx.execute(&sql, &[&connection, &array, &force]).await?)
+}
+
+/// Stores one page of a pass and the new watermark in one transaction.
+///
+/// # Errors
+/// [`Error::Sink`].
+#[allow(clippy::too_many_arguments)]
+pub async fn store_page(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    items: &[Value],
+    cursor: &Cursor,
+    watermark_date: &str,
+    records: i64,
+) -> Result<(), Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    upsert(&tx, schema, connection, entity, items).await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {} AS s (connection, entity, watermark_date, watermark_at, watermark_id, records) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (connection, entity) DO UPDATE SET \
+             watermark_date = excluded.watermark_date, watermark_at = excluded.watermark_at, \
+             watermark_id = excluded.watermark_id, records = excluded.records",
+            schema.table("sync_state")
+        ),
+        &[&connection, &entity.name(), &watermark_date, &cursor.at, &cursor.id, &records],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Marks a pass finished: the entity is in its incremental phase, with its live record count.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn finish_pass(pool: &Pool, schema: &Schema, connection: &str, entity: Entity) -> Result<(i64, DateTime<Utc>), Error> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO {s} (connection, entity, phase, initial_done, records, last_run_finished) \
+                 VALUES ($1, $2, 'Incremental', true, (SELECT count(*) FROM {t} WHERE connection = $1 AND NOT deleted), now()) \
+                 ON CONFLICT (connection, entity) DO UPDATE SET phase = 'Incremental', initial_done = true, \
+                 records = excluded.records, last_run_finished = excluded.last_run_finished \
+                 RETURNING records, last_run_finished",
+                s = schema.table("sync_state"),
+                t = schema.entity(entity)
+            ),
+            &[&connection, &entity.name()],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The database's clock, used to fence the full comparison.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn db_now(pool: &Pool) -> Result<DateTime<Utc>, Error> {
+    let client = pool.get().await?;
+    Ok(client.query_one("SELECT now()", &[]).await?.get(0))
+}
+
+/// Marks deleted the rows Carerix no longer has: not in `present`, and last synced before
+/// `started` (rows written since are newer than the listing and safe). Returns how many.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn mark_missing(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    present: &[String],
+    started: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            &format!(
+                "UPDATE {} SET deleted = true, deleted_at = now() WHERE connection = $1 AND NOT deleted \
+                 AND synced_at < $2 AND NOT (id = ANY($3))",
+                schema.entity(entity)
+            ),
+            &[&connection, &started, &present],
+        )
+        .await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (connection, entity, last_full_compare) VALUES ($1, $2, $3) \
+             ON CONFLICT (connection, entity) DO UPDATE SET last_full_compare = excluded.last_full_compare",
+            schema.table("sync_state")
+        ),
+        &[&connection, &entity.name(), &started],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Whether an event was already applied.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn event_seen(pool: &Pool, schema: &Schema, connection: &str, event_id: &str) -> Result<bool, Error> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_opt(
+            &format!("SELECT 1 FROM {} WHERE connection = $1 AND event_id = $2", schema.table("processed_events")),
+            &[&connection, &event_id],
+        )
+        .await?
+        .is_some())
+}
+
+/// What a delivery changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// The record as Carerix has it now.
+    Upsert(Entity, Value),
+    /// The record is gone from Carerix.
+    Gone(Entity, String),
+    /// Nothing (an entity this connection does not sync).
+    Nothing,
+}
+
+/// Applies a delivery and records its event id in one transaction. Returns false when the event
+/// had been applied already (concurrently).
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn apply_event(pool: &Pool, schema: &Schema, connection: &str, event_id: &str, change: &Change) -> Result<bool, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let fresh = tx
+        .execute(
+            &format!(
+                "INSERT INTO {} (connection, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                schema.table("processed_events")
+            ),
+            &[&connection, &event_id],
+        )
+        .await?
+        == 1;
+    if fresh {
+        match change {
+            Change::Upsert(entity, record) => {
+                upsert(&tx, schema, connection, *entity, std::slice::from_ref(record)).await?;
+            }
+            Change::Gone(entity, id) => {
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET deleted = true, deleted_at = now(), synced_at = now() \
+                         WHERE connection = $1 AND id = $2 AND NOT deleted",
+                        schema.entity(*entity)
+                    ),
+                    &[&connection, id],
+                )
+                .await?;
+            }
+            Change::Nothing => {}
+        }
+    }
+    tx.commit().await?;
+    Ok(fresh)
+}
