@@ -1,1 +1,3 @@
 //! carerix-operator: a Kubernetes operator that connects recruitment platforms to Carerix.
+
+pub mod carerix;

@@ -1,0 +1,1 @@
+//! Behaviour tests against a tiny local axum server (not the emulator).
