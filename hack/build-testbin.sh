@@ -31,8 +31,8 @@ build() { # build <name> <module dir> <package> [ldflags]
   if have "$name"; then log "$name: cached in $TESTBIN_DIR"; return; fi
   log "$name: building $pkg (a cold build takes minutes on 2 cores)"
   local t0; t0=$(date +%s)
-  (cd "$here/testbin/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$TESTBIN_DIR/$name.tmp" "$pkg")
-  mv "$TESTBIN_DIR/$name.tmp" "$TESTBIN_DIR/$name"
+  (cd "$here/testbin/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$TESTBIN_DIR/$name.tmp.$$" "$pkg")
+  mv -f "$TESTBIN_DIR/$name.tmp.$$" "$TESTBIN_DIR/$name"
   log "$name: built in $(( $(date +%s) - t0 ))s"
 }
 

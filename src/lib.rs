@@ -1,3 +1,20 @@
 //! carerix-operator: a Kubernetes operator that connects recruitment platforms to Carerix.
+//!
+//! The library holds everything; `src/main.rs` only wires the command line to it.
+//! - [`api`]: the `CarerixConnection` resource (spec, status, CRD generation).
+//! - [`carerix`]: the Carerix API client (OAuth, GraphQL data, webhooks management).
+//! - [`controller`]: the reconciler (credentials, webhooks, status, finalizer).
+//! - [`sync`]: the data sync into PostgreSQL; [`receiver`]: inbound webhook deliveries.
+//! - [`run`], [`server`], [`leader`], [`metrics`]: the running process.
+//! - [`crdgen`]: the CRD YAML as shipped in `crds/`.
 
+pub mod api;
 pub mod carerix;
+pub mod controller;
+pub mod crdgen;
+pub mod leader;
+pub mod metrics;
+pub mod receiver;
+pub mod run;
+pub mod server;
+pub mod sync;

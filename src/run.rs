@@ -1,0 +1,454 @@
+//! `carerix-operator run`: configuration, telemetry, the HTTP server and the controllers.
+//!
+//! One process serves `/healthz`, `/readyz`, `/metrics` and the webhook receiver on one port,
+//! and runs one controller per watched namespace (or one for all namespaces). With leader
+//! election on, only the leader runs the controllers, so only it writes to Carerix.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt, future::join_all};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Config, ResourceExt,
+    config::{KubeConfigOptions, Kubeconfig},
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        events::{Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::{
+    api::CarerixConnection,
+    carerix::RateLimiters,
+    controller::{self, Context, Settings, backoff::BackoffPolicy},
+    leader::{LeaderElection, LeaseSettings},
+    metrics::Metrics,
+    server::{self, ServerState},
+    sync::SyncManager,
+};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of `carerix-operator run`. Every flag can also be set from the environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kubeconfig to use; without it the in-cluster service account (or ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespaces to watch, comma-separated; empty watches all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Public base URL of this operator's receiver, as Carerix reaches it (for example
+    /// https://carerix-hooks.example.com). Webhooks without a url point at
+    /// {base}/webhooks/{namespace}/{name}.
+    #[arg(long, env = "RECEIVER_BASE_URL")]
+    pub receiver_base_url: Option<String>,
+
+    /// Address of the HTTP server (health, readiness, metrics, receiver).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (for example `info` or `carerix_operator=debug`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Requests per second per Carerix tenant (Carerix allows about 10).
+    #[arg(long, env = "CARERIX_RATE_LIMIT", default_value_t = 10)]
+    pub carerix_rate_limit: u32,
+
+    /// Timeout of one request to Carerix, in seconds.
+    #[arg(long, env = "CARERIX_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub carerix_timeout_seconds: u64,
+
+    /// Retries of one failed Carerix request (429, 5xx, network) inside a pass.
+    #[arg(long, env = "CARERIX_RETRIES", default_value_t = 2)]
+    pub carerix_retries: u32,
+
+    /// Delay after a connection's first failure, in seconds; doubles per failure.
+    #[arg(long, env = "BACKOFF_BASE_SECONDS", default_value_t = 5)]
+    pub backoff_base_seconds: u64,
+
+    /// Longest delay between retries of a failing connection, in seconds.
+    #[arg(long, env = "BACKOFF_MAX_SECONDS", default_value_t = 300)]
+    pub backoff_max_seconds: u64,
+
+    /// Connections reconciled at the same time.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Run only while holding the Lease (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "carerix-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a Lease is valid without renewal, in seconds.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// This replica's identity in the Lease (default: POD_NAME, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Errors that stop the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig could not be read.
+    #[error("failed to read the kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No Kubernetes configuration was found.
+    #[error("failed to find a Kubernetes configuration (in-cluster or ~/.kube/config)")]
+    InferConfig(#[source] kube::config::InferConfigError),
+    /// The Kubernetes client could not be built.
+    #[error("failed to build the Kubernetes client")]
+    Client(#[source] kube::Error),
+    /// The CRD is not installed or not served.
+    #[error(
+        "the CarerixConnection CRD is not served by the API server: install it with \
+         `carerix-operator crd | kubectl apply --server-side -f -` (or `kubectl apply -f crds/`)"
+    )]
+    CrdMissing(#[source] kube::Error),
+    /// The HTTP server could not start.
+    #[error("failed to serve HTTP on {addr}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sink could not be set up.
+    #[error("failed to set up the data sync")]
+    Sync(#[source] crate::sync::Error),
+}
+
+/// Sets up logging. Call once.
+pub fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn kube_client(args: &RunArgs) -> Result<Client, Error> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(Error::InferConfig)?,
+    };
+    Client::try_from(config).map_err(Error::Client)
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+///
+/// # Errors
+/// Fails when Kubernetes cannot be reached, the CRD is missing, or the port is taken.
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    let client = kube_client(&args).await?;
+    let probe: Api<CarerixConnection> = Api::all(client.clone());
+    probe
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdMissing)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let rate_limiters = RateLimiters::new(args.carerix_rate_limit);
+    let sync = Arc::new(SyncManager::new(client.clone(), metrics.clone()));
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let reporter = Reporter {
+        controller: "carerix-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let settings = Settings {
+        receiver_base_url: args.receiver_base_url.clone(),
+        backoff: BackoffPolicy {
+            base: Duration::from_secs(args.backoff_base_seconds.max(1)),
+            max: Duration::from_secs(args.backoff_max_seconds.max(1)),
+        },
+        carerix_timeout: Duration::from_secs(args.carerix_timeout_seconds.max(1)),
+        carerix_retries: args.carerix_retries,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        rate_limiters.clone(),
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        sync.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let alive = Arc::new(AtomicBool::new(true));
+    let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
+    let state = ServerState {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        alive: alive.clone(),
+        sync: sync.clone(),
+        rate_limiters,
+        reconcile: reconcile_tx,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Serve {
+            addr: args.listen,
+            source,
+        })?;
+    info!(addr = %args.listen, "serving /healthz, /readyz, /metrics and /webhooks");
+    let server = tokio::spawn(server::serve(listener, state, shutdown_rx.clone()));
+
+    let signal = tokio::spawn({
+        let tx = shutdown_tx.clone();
+        async move {
+            shutdown_signal().await;
+            info!("shutting down: finishing in-flight work");
+            let _ = tx.send(true);
+        }
+    });
+
+    let leader = if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        Some(LeaderElection::new(
+            client.clone(),
+            LeaseSettings {
+                name: args.lease_name.clone(),
+                namespace,
+                identity: identity.clone(),
+                duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
+            },
+        ))
+    } else {
+        None
+    };
+
+    let controllers = run_controllers(
+        &args,
+        client.clone(),
+        ctx.clone(),
+        ready.clone(),
+        reconcile_rx,
+        shutdown_rx.clone(),
+    );
+    match leader {
+        Some(leader) => {
+            let mut shutdown = shutdown_rx.clone();
+            tokio::select! {
+                acquired = leader.acquire(shutdown_rx.clone()) => {
+                    if acquired {
+                        info!(identity = %identity, "acquired the lease; starting the controllers");
+                        let renew = leader.keep_renewing(shutdown_tx.clone());
+                        tokio::select! {
+                            () = controllers => {}
+                            () = renew => { warn!("lost the lease; stopping"); }
+                        }
+                        leader.release().await;
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+        None => controllers.await,
+    }
+    alive.store(false, Ordering::SeqCst);
+    let _ = shutdown_tx.send(true);
+    sync.shutdown().await;
+    signal.abort();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(Error::Serve {
+                addr: args.listen,
+                source,
+            });
+        }
+        Err(err) => error!(error = %err, "the HTTP server task failed"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{}-{}",
+        if host.is_empty() {
+            "carerix-operator"
+        } else {
+            &host
+        },
+        std::process::id()
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Does a connection reference the Secret `name` (credentials, header values or the sink URL)?
+pub fn references_secret(obj: &CarerixConnection, name: &str) -> bool {
+    let spec = &obj.spec;
+    spec.credentials_secret_ref.name == name
+        || spec.webhooks.iter().any(|w| {
+            w.custom_headers
+                .iter()
+                .any(|h| h.value_from.secret_key_ref.name == name)
+        })
+        || spec
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.sink.postgres.connection_secret_ref.name == name)
+}
+
+async fn run_controllers(
+    args: &RunArgs,
+    client: Client,
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+    reconcile_rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<CarerixConnection>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    let requests = Arc::new(tokio::sync::Mutex::new(Some(reconcile_rx)));
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for ns in scopes {
+        let (connections, secrets): (Api<CarerixConnection>, Api<PartialObjectMeta<Secret>>) = match &ns {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let controller = Controller::new(connections, watcher::Config::default().any_semantic())
+            .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+        let store: Store<CarerixConnection> = controller.store();
+        stores.push(store.clone());
+        let secret_events = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+        let mapper_store = store.clone();
+        let controller = controller.watches_stream(secret_events, move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            mapper_store
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace() == ns && references_secret(c, &name))
+                .map(|c| ObjectRef::from(c.as_ref()))
+                .collect::<Vec<_>>()
+        });
+        // Deliveries for connections ask for a reconcile through the receiver; one controller
+        // takes that stream (the refs carry their namespace, and other namespaces' refs are
+        // ignored by a controller that does not own them).
+        let controller = match requests.lock().await.take() {
+            Some(rx) => controller.reconcile_on(rx),
+            None => controller,
+        };
+        let mut stop = shutdown.clone();
+        let ctx = ctx.clone();
+        runs.push(async move {
+            controller
+                .graceful_shutdown_on(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .run(controller::reconcile, controller::error_policy, ctx.clone())
+                .for_each(|result| {
+                    let ctx = ctx.clone();
+                    async move {
+                        ctx.metrics.touch();
+                        if let Err(err) = result {
+                            tracing::debug!(error = %err, "reconcile error");
+                        }
+                    }
+                })
+                .await;
+        });
+    }
+    let readiness = async move {
+        for store in stores {
+            let _ = store.wait_until_ready().await;
+        }
+        ready.store(true, Ordering::SeqCst);
+        info!("caches synced; ready");
+    };
+    tokio::spawn(readiness);
+    join_all(runs).await;
+}
