@@ -118,11 +118,12 @@ start() {
     --service-account-signing-key-file="$pki/sa.key" \
     --disable-admission-plugins=ServiceAccount \
     --allow-privileged=true \
+    --endpoint-reconciler-type=none \
     >"$DIR/kube-apiserver.log" 2>&1 &
   echo $! > "$DIR/kube-apiserver.pid"
   write_kubeconfig "$DIR/kubeconfig" admin
 
-  for _ in $(seq 1 240); do ready && break; sleep 0.5; done
+  for _ in $(seq 1 240); do ready && break; running || break; sleep 0.5; done
   if ! ready; then
     log "kube-apiserver did not become ready; last lines of $DIR/kube-apiserver.log:"
     tail -30 "$DIR/kube-apiserver.log" >&2
