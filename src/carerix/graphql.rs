@@ -345,6 +345,9 @@ mod tests {
                 Valid::assume_valid(with_errors.partial)
             }
         };
+        // The validation is real: a field CRMatch lacks is rejected.
+        let bad = "query Bad { crMatch(_id: \"1\") { _id deleted } }";
+        assert!(ExecutableDocument::parse_and_validate(&schema, bad, "bad.graphql").is_err());
         let docs = all_documents();
         assert_eq!(docs.len(), 14);
         for (name, document) in docs {
