@@ -64,6 +64,7 @@ pub struct CarerixConnectionSpec {
         validation = Rule::new("self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$')").message("tenant must be the lowercase Carerix application name (acme for acme.carerix.net): lowercase letters, digits and dashes"),
         validation = Rule::new("self == oldSelf").message("tenant is immutable: create a new CarerixConnection for another tenant")
     )]
+    #[schemars(length(max = 63))]
     pub tenant: String,
 
     /// The Secret in this namespace that holds the OAuth client credentials: keys `clientId` and
@@ -76,17 +77,20 @@ pub struct CarerixConnectionSpec {
     /// `https://id.carerix.io`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+(/.*)?$')").message("identityUrl must be an http(s) URL such as https://id-s4.carerix.io"))]
+    #[schemars(length(max = 2048))]
     pub identity_url: Option<String>,
 
     /// Base URL of the Carerix API. Default `https://api.carerix.io`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+(/.*)?$')").message("apiUrl must be an http(s) URL such as https://api.carerix.io"))]
+    #[schemars(length(max = 2048))]
     pub api_url: Option<String>,
 
     /// How often the credentials and webhooks are re-checked and drift repaired (jittered by up
     /// to 10%). A Go duration such as `30s`, `10m` or `1h`. Default `10m`.
     #[serde(default = "default_interval")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("interval must be a duration of at least 1s, such as 30s, 10m or 1h"))]
+    #[schemars(length(max = 32))]
     pub interval: Duration,
 
     /// Stop acting on Carerix: no request is sent while true. Deletion still works.
@@ -101,9 +105,9 @@ pub struct CarerixConnectionSpec {
     /// The webhook subscriptions to keep in Carerix. Names must be unique.
     #[serde(default)]
     #[x_kube(
-        validation = Rule::new("self.all(w, self.exists_one(o, o.name == w.name))").message("webhook names must be unique within a CarerixConnection"),
-        validation = Rule::new("self.size() <= 50").message("at most 50 webhooks per CarerixConnection")
+        validation = Rule::new("self.all(w, self.exists_one(o, o.name == w.name))").message("webhook names must be unique within a CarerixConnection")
     )]
+    #[schemars(length(max = 50))]
     pub webhooks: Vec<WebhookSpec>,
 
     /// Data sync into PostgreSQL. Omit to only manage webhooks.
@@ -132,7 +136,8 @@ fn default_schema() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct SecretReference {
     /// Name of the Secret.
-    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253").message("a Secret name is required (at most 253 characters)"))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("a Secret name is required"))]
+    #[schemars(length(max = 253))]
     pub name: String,
 }
 
@@ -141,10 +146,12 @@ pub struct SecretReference {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
     /// Name of the Secret.
-    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253").message("a Secret name is required (at most 253 characters)"))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("a Secret name is required"))]
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Key within the Secret.
     #[x_kube(validation = Rule::new("self.size() > 0").message("a Secret key is required"))]
+    #[schemars(length(max = 253))]
     pub key: String,
 }
 
@@ -164,6 +171,7 @@ pub enum DeletionPolicy {
 pub struct WebhookSpec {
     /// A name for this subscription, unique within the connection (lowercase, digits, dashes).
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$')").message("webhook name must be lowercase letters, digits and dashes (at most 63)"))]
+    #[schemars(length(max = 63))]
     pub name: String,
 
     /// The events to subscribe to, as `<entity>:<action>`, for example `cremployee:created` or
@@ -174,12 +182,14 @@ pub struct WebhookSpec {
         validation = Rule::new("self.all(e, e.matches('^[a-z][a-z0-9]*:[a-z]+$'))").message("events look like <entity>:<action> in lowercase, for example cremployee:created or crmatch:updated"),
         validation = Rule::new("self.all(e, self.exists_one(o, o == e))").message("events within a webhook must be unique")
     )]
+    #[schemars(length(max = 20), inner(length(max = 64)))]
     pub events: Vec<String>,
 
     /// Where Carerix delivers the events. Omitted: the operator's own receiver, which keeps the
     /// synced data fresh (`<receiver base URL>/webhooks/<namespace>/<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s/]+(/.*)?$')").message("url must be an http(s) URL"))]
+    #[schemars(length(max = 2048))]
     pub url: Option<String>,
 
     /// Extra headers Carerix sends with each delivery, with values taken from Secrets (for
@@ -187,9 +197,9 @@ pub struct WebhookSpec {
     /// and `Content-Type` are reserved by Carerix.
     #[serde(default)]
     #[x_kube(
-        validation = Rule::new("self.all(h, !(h.name.lowerAscii() in ['cx-signature', 'cx-payload-schema-version', 'content-type']))").message("Cx-Signature, Cx-Payload-Schema-Version and Content-Type are reserved by Carerix"),
-        validation = Rule::new("self.size() <= 20").message("at most 20 custom headers per webhook")
+        validation = Rule::new("self.all(h, !(h.name.lowerAscii() in ['cx-signature', 'cx-payload-schema-version', 'content-type']))").message("Cx-Signature, Cx-Payload-Schema-Version and Content-Type are reserved by Carerix")
     )]
+    #[schemars(length(max = 20))]
     pub custom_headers: Vec<CustomHeader>,
 }
 
@@ -199,6 +209,7 @@ pub struct WebhookSpec {
 pub struct CustomHeader {
     /// Header name.
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9-]{1,100}$')").message("a header name is letters, digits and dashes"))]
+    #[schemars(length(max = 100))]
     pub name: String,
     /// Where the header's value comes from.
     pub value_from: HeaderValueSource,
@@ -220,17 +231,20 @@ pub struct SyncSpec {
     /// publications. Default: all of them.
     #[serde(default = "all_entities")]
     #[x_kube(validation = Rule::new("self.all(e, self.exists_one(o, o == e))").message("entities must be unique"))]
+    #[schemars(length(max = 7))]
     pub entities: Vec<Entity>,
 
     /// Period of the incremental sync. Default `5m`.
     #[serde(default = "default_sync_interval")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("sync.interval must be a duration of at least 1s, such as 30s, 5m or 1h"))]
+    #[schemars(length(max = 32))]
     pub interval: Duration,
 
     /// Period of the full comparison of ids that finds records deleted outright in Carerix.
     /// Default `6h`.
     #[serde(default = "default_full_compare_interval")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("sync.fullCompareInterval must be a duration of at least 1s, such as 1h or 6h"))]
+    #[schemars(length(max = 32))]
     pub full_compare_interval: Duration,
 
     /// Where the data goes.
@@ -260,6 +274,7 @@ pub struct PostgresSink {
     /// keyed by connection. Default `carerix`.
     #[serde(default = "default_schema")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z_][a-z0-9_]{0,62}$')").message("schema must be a lowercase PostgreSQL identifier"))]
+    #[schemars(length(max = 63))]
     pub schema: String,
 }
 
