@@ -161,6 +161,7 @@ fn every_terminal_reason_is_degraded() {
     for reason in [
         "InvalidClient",
         "SecretNotFound",
+        "InvalidSecret",
         "WebhooksNotActivated",
         "MissingScope",
         "CleanupBlocked",

@@ -6,6 +6,7 @@ local hs = { status = "Progressing", message = "Waiting for carerix-operator to 
 local terminal = {
   InvalidClient = true,
   SecretNotFound = true,
+  InvalidSecret = true,
   WebhooksNotActivated = true,
   MissingScope = true,
   CleanupBlocked = true,
