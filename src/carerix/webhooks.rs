@@ -15,9 +15,9 @@ use super::client::{ApiRequest, ApiResponse, CarerixClient, join};
 use super::error::{Error, Result};
 
 /// Fields asked for when listing or reading applications.
-const APPLICATION_FIELDS: &str = "name,signatureVerification";
+const APPLICATION_FIELDS: &str = "name,signatureVerification,_createdBy";
 /// Fields asked for when listing or reading webhooks.
-const WEBHOOK_FIELDS: &str = "filters,url,status,customHeaders";
+const WEBHOOK_FIELDS: &str = "filters,url,status,customHeaders,_createdBy";
 /// Upper bound of pages followed in one list call (guards against a server that never ends).
 const MAX_PAGES: u32 = 1000;
 

@@ -355,7 +355,8 @@ struct WebhooksReport {
     application_id: Option<String>,
     public_key: Option<String>,
     states: Vec<WebhookState>,
-    repaired: Vec<String>,
+    /// (Event reason, note) for each change made to Carerix that the spec did not ask for.
+    repaired: Vec<(&'static str, String)>,
 }
 
 /// What went wrong talking to Carerix, as a status part and how to go on.
@@ -514,6 +515,8 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         scopes: token.scopes.clone(),
     };
     if !spec.webhooks.is_empty() && !has_scope(&token.scopes, WEBHOOKS_SCOPE) {
+        // Drop the token: the next pass must ask again, since activation changes the scopes.
+        ctx.forget_client(&key).await;
         let failure = Failure {
             part: webhooks_not_activated(&spec.tenant),
             stalled: true,
@@ -525,6 +528,7 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         && !has_scope(&token.scopes, DATA_SCOPE)
         && !has_scope(&token.scopes, "urn:cx/graphql:data:manage")
     {
+        ctx.forget_client(&key).await;
         let failure = Failure {
             part: Part::failed(
                 reasons::MISSING_SCOPE,
@@ -567,14 +571,14 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
             return finish_with_failure(&ctx, &obj, failure, false, Some(credentials_status)).await;
         }
     };
-    for repair in &report.repaired {
+    for (reason, note) in &report.repaired {
         publish(
             &ctx,
             &obj,
             EventType::Normal,
-            "WebhookRepaired",
+            reason,
             "RepairWebhook",
-            repair.clone(),
+            note.clone(),
         )
         .await;
     }
@@ -819,8 +823,9 @@ async fn ensure_webhooks(
         let enabled = hooks
             .enable_webhook(&app.id, &carerix::WebhookId::from(id.clone()))
             .await?;
-        repaired.push(format!(
-            "re-enabled webhook {name} ({id}), which was {was} in Carerix"
+        repaired.push((
+            "WebhookReenabled",
+            format!("re-enabled webhook {name} ({id}), which was {was} in Carerix"),
         ));
         ids.insert(name.clone(), (id.clone(), enabled.status.as_str().to_string()));
     }
@@ -845,17 +850,32 @@ async fn ensure_webhooks(
                 },
             )
             .await?;
-        if !first_time
-            && obj
-                .status
-                .as_ref()
-                .and_then(|s| s.webhooks.as_ref())
-                .is_some_and(|w| w.items.iter().any(|i| i.name == want.name && i.id.is_some()))
-        {
-            repaired.push(format!(
-                "re-created webhook {}, which was missing or different in Carerix",
-                want.name
-            ));
+        // Known before with the same url and events: it vanished or changed in Carerix (drift).
+        // Otherwise the spec changed, which is no repair.
+        let known = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.webhooks.as_ref())
+            .and_then(|w| w.items.iter().find(|i| i.name == want.name && i.id.is_some()));
+        match known {
+            Some(k)
+                if !first_time && k.url.as_deref() == Some(want.url.as_str()) && k.events == want.events =>
+            {
+                repaired.push((
+                    "WebhookRecreated",
+                    format!(
+                        "re-created webhook {}, which was missing or different in Carerix",
+                        want.name
+                    ),
+                ));
+            }
+            Some(_) => {
+                repaired.push((
+                    "WebhookReplaced",
+                    format!("replaced webhook {} to match the spec", want.name),
+                ));
+            }
+            None => {}
         }
         let mut status = created.status.as_str().to_string();
         if status != "enabled" {

@@ -240,3 +240,5 @@ pub fn helm(args: &[&str]) -> Output {
         .output()
         .expect("helm could not be run")
 }
+
+pub mod e2e;
