@@ -195,7 +195,11 @@ async fn kube_client(args: &RunArgs) -> Result<Client, Error> {
 /// Fails when Kubernetes cannot be reached, the CRD is missing, or the port is taken.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let client = kube_client(&args).await?;
-    let probe: Api<CarerixConnection> = Api::all(client.clone());
+    // Probe where the operator is allowed to look: a namespaced install may not list cluster-wide.
+    let probe: Api<CarerixConnection> = match args.namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     probe
         .list(&kube::api::ListParams::default().limit(1))
         .await
@@ -230,12 +234,16 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let alive = Arc::new(AtomicBool::new(true));
+    // Without leader election this replica always leads.
+    let leading = Arc::new(AtomicBool::new(!args.leader_elect));
     let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
     let state = ServerState {
         client: client.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
         alive: alive.clone(),
+        leader_election: args.leader_elect,
+        leading: leading.clone(),
         sync: sync.clone(),
         rate_limiters,
         reconcile: reconcile_tx,
@@ -292,11 +300,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 acquired = leader.acquire(shutdown_rx.clone()) => {
                     if acquired {
                         info!(identity = %identity, "acquired the lease; starting the controllers");
+                        leading.store(true, Ordering::SeqCst);
                         let renew = leader.keep_renewing(shutdown_tx.clone());
                         tokio::select! {
                             () = controllers => {}
                             () = renew => { warn!("lost the lease; stopping"); }
                         }
+                        leading.store(false, Ordering::SeqCst);
                         leader.release().await;
                     }
                 }
@@ -444,7 +454,12 @@ async fn run_controllers(
     }
     let readiness = async move {
         for store in stores {
-            let _ = store.wait_until_ready().await;
+            // NB: the store's readiness wakes only its most recent waiter (the controller also
+            // waits on it), so poll it again now and then instead of awaiting once.
+            while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+                .await
+                .is_err()
+            {}
         }
         ready.store(true, Ordering::SeqCst);
         info!("caches synced; ready");

@@ -33,6 +33,10 @@ pub struct ServerState {
     pub ready: Arc<AtomicBool>,
     /// Controller loop running.
     pub alive: Arc<AtomicBool>,
+    /// Leader election is on.
+    pub leader_election: bool,
+    /// This replica holds the lease (always true without leader election).
+    pub leading: Arc<AtomicBool>,
     /// The data sync, which applies deliveries.
     pub sync: Arc<SyncManager>,
     /// Per-tenant rate limiters.
@@ -47,7 +51,13 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/webhooks/{namespace}/{name}", post(crate::receiver::receive))
+        .route(
+            "/webhooks/{namespace}/{name}",
+            post(crate::receiver::receive).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                only_when_leading,
+            )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::receiver::MAX_BODY_BYTES,
         ))
@@ -78,9 +88,31 @@ async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
     }
 }
 
+/// A standby replica does not hold the connections' state, so it sends deliveries back to
+/// Carerix for a retry, which the Service may route to the leader.
+async fn only_when_leading(
+    State(state): State<ServerState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if state.leading.load(Ordering::SeqCst) {
+        return next.run(request).await;
+    }
+    state.metrics.delivery("standby");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "5")],
+        "standby replica: this delivery must be retried",
+    )
+        .into_response()
+}
+
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
+    } else if state.leader_election && !state.leading.load(Ordering::SeqCst) {
+        // A standby is ready to take over; it must not hold up rollouts.
+        (StatusCode::OK, "standby")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
     }
