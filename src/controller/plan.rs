@@ -90,7 +90,7 @@ pub fn normalize_events<S: AsRef<str>>(events: &[S]) -> Vec<String> {
 
 /// Normalizes headers: sorted by lowercase name.
 pub fn normalize_headers(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
-    headers.sort_by(|a, b| a.0.to_ascii_lowercase().cmp(&b.0.to_ascii_lowercase()));
+    headers.sort_by_key(|h| h.0.to_ascii_lowercase());
     headers
 }
 
