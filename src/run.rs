@@ -246,8 +246,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         leading: leading.clone(),
         sync: sync.clone(),
         rate_limiters,
-        reconcile: reconcile_tx,
+        reconcile: reconcile_tx.clone(),
     };
+    // The sync asks for a reconcile when its initial pass ends or its health changes.
+    sync.set_reconcile_trigger(reconcile_tx);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Serve {
@@ -398,7 +400,11 @@ async fn run_controllers(
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    let requests = Arc::new(tokio::sync::Mutex::new(Some(reconcile_rx)));
+    // Reconcile requests (from the sync and the receiver) go to the controller of their namespace.
+    let mut routes: Vec<(
+        Option<String>,
+        futures::channel::mpsc::UnboundedSender<ObjectRef<CarerixConnection>>,
+    )> = Vec::new();
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for ns in scopes {
@@ -425,13 +431,9 @@ async fn run_controllers(
                 .map(|c| ObjectRef::from(c.as_ref()))
                 .collect::<Vec<_>>()
         });
-        // Deliveries for connections ask for a reconcile through the receiver; one controller
-        // takes that stream (the refs carry their namespace, and other namespaces' refs are
-        // ignored by a controller that does not own them).
-        let controller = match requests.lock().await.take() {
-            Some(rx) => controller.reconcile_on(rx),
-            None => controller,
-        };
+        let (route_tx, route_rx) = futures::channel::mpsc::unbounded();
+        routes.push((ns.clone(), route_tx));
+        let controller = controller.reconcile_on(route_rx);
         let mut stop = shutdown.clone();
         let ctx = ctx.clone();
         runs.push(async move {
@@ -465,5 +467,14 @@ async fn run_controllers(
         info!("caches synced; ready");
     };
     tokio::spawn(readiness);
+    tokio::spawn(async move {
+        let mut requests = reconcile_rx;
+        while let Some(obj) = requests.next().await {
+            let route = routes.iter().find(|(ns, _)| ns.is_none() || *ns == obj.namespace);
+            if let Some((_, tx)) = route {
+                let _ = tx.unbounded_send(obj);
+            }
+        }
+    });
     join_all(runs).await;
 }
