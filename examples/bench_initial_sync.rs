@@ -67,9 +67,11 @@ async fn main() -> Result<()> {
     let records = arg("--records", 5000)?;
     let n_entities = arg("--entities", 7)?.clamp(1, 7);
     let url = postgres()?;
-    let mut config = carerix_sim::Config::default();
-    config.records_per_entity = records;
-    config.rate_limit_per_sec = RATE;
+    let mut config = carerix_sim::Config {
+        records_per_entity: records,
+        rate_limit_per_sec: RATE,
+        ..Default::default()
+    };
     config.tenants.push(carerix_sim::TenantConfig {
         name: "bench".into(),
         webhooks_activated: true,

@@ -60,8 +60,12 @@ pub fn parse_public_key(pem: &str) -> Option<VerifyingKey<Sha256>> {
 
 /// Whether `signature` (base64) is a valid RSASSA-PKCS1-v1_5 SHA-256 signature of `body`.
 pub fn verify_signature(key: &VerifyingKey<Sha256>, body: &[u8], signature: &str) -> bool {
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else { return false };
-    let Ok(sig) = Signature::try_from(raw.as_slice()) else { return false };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+        return false;
+    };
+    let Ok(sig) = Signature::try_from(raw.as_slice()) else {
+        return false;
+    };
     key.verify(body, &sig).is_ok()
 }
 
@@ -186,7 +190,10 @@ mod tests {
     fn keypair() -> (SigningKey<Sha256>, String) {
         let mut rng = rand_core_rng();
         let private = RsaPrivateKey::new(&mut rng, 1024).expect("key");
-        let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).expect("pem");
+        let pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem");
         (SigningKey::<Sha256>::new(private), pem)
     }
 
@@ -205,14 +212,28 @@ mod tests {
         assert!(!verify_signature(&key, body, "not base64!"));
         assert!(!verify_signature(&key, body, ""));
         let (_, other_pem) = keypair();
-        assert!(!verify_signature(&parse_public_key(&other_pem).expect("parses"), body, &sig));
+        assert!(!verify_signature(
+            &parse_public_key(&other_pem).expect("parses"),
+            body,
+            &sig
+        ));
         assert!(parse_public_key("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----").is_none());
     }
 
     #[test]
     fn payloads_without_an_id_type_or_entity_id_are_malformed() {
-        assert!(parse_delivery(br#"{"id":"e","type":"cremployee:updated","data":{"entityId":"1","changedFields":[]}}"#).is_some());
-        for bad in [&b"not json"[..], br#"{"type":"x:y","data":{"entityId":"1"}}"#, br#"{"id":"e","type":"x:y","data":{}}"#, br#"{"id":"","type":"x:y","data":{"entityId":"1"}}"#] {
+        assert!(
+            parse_delivery(
+                br#"{"id":"e","type":"cremployee:updated","data":{"entityId":"1","changedFields":[]}}"#
+            )
+            .is_some()
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"type":"x:y","data":{"entityId":"1"}}"#,
+            br#"{"id":"e","type":"x:y","data":{}}"#,
+            br#"{"id":"","type":"x:y","data":{"entityId":"1"}}"#,
+        ] {
             assert!(parse_delivery(bad).is_none());
         }
     }
@@ -220,7 +241,10 @@ mod tests {
     #[test]
     fn event_types_map_to_the_synced_entities_only() {
         let synced = [Entity::Candidates, Entity::Matches];
-        assert_eq!(entity_for("cremployee:updated", &synced), Some(Entity::Candidates));
+        assert_eq!(
+            entity_for("cremployee:updated", &synced),
+            Some(Entity::Candidates)
+        );
         assert_eq!(entity_for("crmatch:created", &synced), Some(Entity::Matches));
         assert_eq!(entity_for("crvacancy:updated", &synced), None);
         assert_eq!(entity_for("crsomethingelse:updated", &synced), None);

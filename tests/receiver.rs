@@ -30,7 +30,8 @@ struct Harness {
 
 async fn harness(pg_url: &str, name: &str, tweak: impl FnOnce(&mut carerix_sim::Config)) -> Harness {
     let sim = sim(150, tweak).await;
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("uri"))).expect("client");
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("uri")))
+        .expect("client");
     let metrics = Arc::new(Metrics::new());
     let manager = Arc::new(SyncManager::new(kube.clone(), metrics.clone()));
     let (tx, _rx) = futures::channel::mpsc::unbounded();
@@ -39,6 +40,8 @@ async fn harness(pg_url: &str, name: &str, tweak: impl FnOnce(&mut carerix_sim::
         metrics: metrics.clone(),
         ready: Arc::default(),
         alive: Arc::default(),
+        leader_election: false,
+        leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         sync: manager.clone(),
         rate_limiters: RateLimiters::new(10),
         reconcile: tx,
@@ -46,7 +49,11 @@ async fn harness(pg_url: &str, name: &str, tweak: impl FnOnce(&mut carerix_sim::
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    let app = sim.sim().create_application(TENANT, CLIENT_ID, "carerix-operator").await.expect("application");
+    let app = sim
+        .sim()
+        .create_application(TENANT, CLIENT_ID, "carerix-operator")
+        .await
+        .expect("application");
     let target = target(&sim, pg_url, name).await;
     let settings = Settings {
         entities: vec![Entity::Candidates, Entity::Vacancies],
@@ -55,15 +62,28 @@ async fn harness(pg_url: &str, name: &str, tweak: impl FnOnce(&mut carerix_sim::
     };
     manager.start(target.clone(), settings, "test", Some(app.public_key.clone()));
     let progress = manager.progress(&target.connection).expect("running");
-    assert!(eventually(Duration::from_secs(60), || async { progress.initial_done() }).await, "initial sync");
-    Harness { sim, target, base, metrics, _manager: manager, app_id: app.id }
+    assert!(
+        eventually(Duration::from_secs(60), || async { progress.initial_done() }).await,
+        "initial sync"
+    );
+    Harness {
+        sim,
+        target,
+        base,
+        metrics,
+        _manager: manager,
+        app_id: app.id,
+    }
 }
 
 impl Harness {
     fn webhook(&self, url: &str) {
         let body = json!({"_kind": "Webhook", "url": url,
             "filters": [{"eventType": "cremployee:updated"}, {"eventType": "cremployee:created"}]});
-        self.sim.sim().create_webhook(TENANT, CLIENT_ID, &self.app_id, &body).expect("webhook");
+        self.sim
+            .sim()
+            .create_webhook(TENANT, CLIENT_ID, &self.app_id, &body)
+            .expect("webhook");
     }
 
     fn receiver_url(&self) -> String {
@@ -71,7 +91,10 @@ impl Harness {
     }
 
     fn candidate(&self, i: usize) -> u64 {
-        self.sim.sim().list_records(TENANT, sim_entity(Entity::Candidates)).expect("records")[i]["_id"]
+        self.sim
+            .sim()
+            .list_records(TENANT, sim_entity(Entity::Candidates))
+            .expect("records")[i]["_id"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .expect("id")
@@ -80,11 +103,17 @@ impl Harness {
     fn rename(&self, id: u64, name: &str) {
         let mut m = Map::new();
         m.insert("firstName".into(), json!(name));
-        self.sim.sim().update_record(TENANT, sim_entity(Entity::Candidates), id, m).expect("update");
+        self.sim
+            .sim()
+            .update_record(TENANT, sim_entity(Entity::Candidates), id, m)
+            .expect("update");
     }
 
     async fn first_name(&self, id: u64) -> Option<String> {
-        rows(&self.target, Entity::Candidates).await.get(&id.to_string()).and_then(|(_, r)| r["firstName"].as_str().map(String::from))
+        rows(&self.target, Entity::Candidates)
+            .await
+            .get(&id.to_string())
+            .and_then(|(_, r)| r["firstName"].as_str().map(String::from))
     }
 }
 
@@ -95,10 +124,17 @@ async fn a_signed_delivery_updates_the_row_within_seconds() {
     let id = h.candidate(3);
     h.rename(id, "Webhooked");
     assert!(
-        eventually(Duration::from_secs(10), || async { h.first_name(id).await.as_deref() == Some("Webhooked") }).await,
+        eventually(Duration::from_secs(10), || async {
+            h.first_name(id).await.as_deref() == Some("Webhooked")
+        })
+        .await,
         "the delivery reached the sink"
     );
-    assert!(h.metrics.render().contains("receiver_deliveries_total{result=\"accepted\"}"));
+    assert!(
+        h.metrics
+            .render()
+            .contains("receiver_deliveries_total{result=\"accepted\"}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,14 +149,22 @@ async fn a_bad_signature_is_refused_with_401_and_changes_nothing() {
     .to_string();
     let http = reqwest::Client::new();
     for sig in [Some("bm90IGEgc2lnbmF0dXJl"), None] {
-        let mut req = http.post(h.receiver_url()).header("content-type", "application/json").body(body.clone());
+        let mut req = http
+            .post(h.receiver_url())
+            .header("content-type", "application/json")
+            .body(body.clone());
         if let Some(s) = sig {
             req = req.header("Cx-Signature", s);
         }
         assert_eq!(req.send().await.expect("answer").status().as_u16(), 401);
     }
     assert_eq!(h.first_name(id).await, before);
-    let unknown = http.post(format!("{}/webhooks/test/nobody", h.base)).body(body).send().await.expect("answer");
+    let unknown = http
+        .post(format!("{}/webhooks/test/nobody", h.base))
+        .body(body)
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(unknown.status().as_u16(), 404);
 }
 
@@ -152,9 +196,18 @@ async fn a_replayed_event_id_is_applied_once() {
     h.webhook(&url);
     let id = h.candidate(5);
     h.rename(id, "Once");
-    assert!(eventually(Duration::from_secs(10), || async { !got.lock().expect("lock").is_empty() }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !got.lock().expect("lock").is_empty()
+        })
+        .await
+    );
     let (headers, body) = got.lock().expect("lock")[0].clone();
-    let sig = headers.get("cx-signature").and_then(|v| v.to_str().ok()).expect("signed").to_string();
+    let sig = headers
+        .get("cx-signature")
+        .and_then(|v| v.to_str().ok())
+        .expect("signed")
+        .to_string();
     let http = reqwest::Client::new();
     let post = || {
         http.post(h.receiver_url())
@@ -178,7 +231,10 @@ async fn a_replayed_event_id_is_applied_once() {
     assert_eq!(h.first_name(id).await.as_deref(), Some("Tampered"));
     let n: i64 = client
         .query_one(
-            &format!("SELECT count(*) FROM {} WHERE connection = $1", h.target.schema.table("processed_events")),
+            &format!(
+                "SELECT count(*) FROM {} WHERE connection = $1",
+                h.target.schema.table("processed_events")
+            ),
             &[&h.target.connection],
         )
         .await
@@ -192,7 +248,11 @@ async fn a_replayed_event_id_is_applied_once() {
 async fn with_the_sink_down_a_delivery_gets_503_and_carerix_retry_lands_it_later() {
     let pg = OwnPostgres::start("rx-pg-stop");
     let h = harness(&pg.url, "rx_down", |c| {
-        c.delivery.backoff = vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
+        c.delivery.backoff = vec![
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        ];
         c.delivery.max_retries = 8;
     })
     .await;
@@ -202,12 +262,18 @@ async fn with_the_sink_down_a_delivery_gets_503_and_carerix_retry_lands_it_later
     h.rename(id, "Retried");
     let log = || h.sim.sim().delivery_log();
     assert!(
-        eventually(Duration::from_secs(20), || async { log().iter().any(|d| d.status_code.is_some_and(|s| s >= 500)) }).await,
+        eventually(Duration::from_secs(20), || async {
+            log().iter().any(|d| d.status_code.is_some_and(|s| s >= 500))
+        })
+        .await,
         "the receiver answers 5xx while the sink is down"
     );
     pg.restart();
     assert!(
-        eventually(Duration::from_secs(40), || async { h.first_name(id).await.as_deref() == Some("Retried") }).await,
+        eventually(Duration::from_secs(40), || async {
+            h.first_name(id).await.as_deref() == Some("Retried")
+        })
+        .await,
         "a retry lands the event once PostgreSQL is back"
     );
     assert!(log().iter().any(|d| d.status_code == Some(200) && d.attempt > 1));
@@ -226,17 +292,36 @@ async fn a_burst_of_events_is_coalesced_and_stays_within_the_tenant_rate_limit()
         eventually(Duration::from_secs(30), || async {
             let rows = rows(&h.target, Entity::Candidates).await;
             ids.iter().enumerate().all(|(n, id)| {
-                rows.get(&id.to_string()).and_then(|(_, r)| r["firstName"].as_str()) == Some(&format!("Burst{n}"))
+                rows.get(&id.to_string())
+                    .and_then(|(_, r)| r["firstName"].as_str())
+                    == Some(&format!("Burst{n}"))
             })
         })
         .await,
         "every event of the burst reached the sink"
     );
-    let log: Vec<_> = h.sim.sim().request_log().into_iter().filter(|r| r.operation.starts_with("graphql")).collect();
-    assert!(log.iter().all(|r| r.status != 429), "no request was rate limited by Carerix");
-    assert!(log.len() < ids.len() / 2, "{} fetches for {} events: bursts coalesce", log.len(), ids.len());
+    let log: Vec<_> = h
+        .sim
+        .sim()
+        .request_log()
+        .into_iter()
+        .filter(|r| r.operation.starts_with("graphql"))
+        .collect();
+    assert!(
+        log.iter().all(|r| r.status != 429),
+        "no request was rate limited by Carerix"
+    );
+    assert!(
+        log.len() < ids.len() / 2,
+        "{} fetches for {} events: bursts coalesce",
+        log.len(),
+        ids.len()
+    );
     for (i, r) in log.iter().enumerate() {
-        let in_window = log[i..].iter().take_while(|o| o.time - r.time < chrono::Duration::seconds(1)).count();
+        let in_window = log[i..]
+            .iter()
+            .take_while(|o| o.time - r.time < chrono::Duration::seconds(1))
+            .count();
         assert!(in_window <= 10, "{in_window} requests within one second");
     }
 }

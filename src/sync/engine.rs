@@ -39,7 +39,12 @@ pub struct Target {
 impl Target {
     /// A target from its parts.
     pub fn new(client: CarerixClient, pool: Pool, schema: Schema, connection: impl Into<String>) -> Self {
-        Target { client: Arc::new(RwLock::new(client)), pool, schema, connection: connection.into() }
+        Target {
+            client: Arc::new(RwLock::new(client)),
+            pool,
+            schema,
+            connection: connection.into(),
+        }
     }
 
     /// The current client.
@@ -115,7 +120,9 @@ impl Progress {
 
     /// Whether every entity finished its initial pass.
     pub fn initial_done(&self) -> bool {
-        self.update(|p| p.started && !p.entities.is_empty() && p.entities.values().all(|e| e.phase == Phase::Incremental))
+        self.update(|p| {
+            p.started && !p.entities.is_empty() && p.entities.values().all(|e| e.phase == Phase::Incremental)
+        })
     }
 }
 
@@ -141,7 +148,12 @@ impl Engine {
                 p.entities.insert(*e, EntityProgress::default());
             }
         });
-        Engine { target, entities, progress, metrics: None }
+        Engine {
+            target,
+            entities,
+            progress,
+            metrics: None,
+        }
     }
 
     /// Counts records and lag in `metrics`.
@@ -161,7 +173,10 @@ impl Engine {
     }
 
     fn labels(&self) -> (&str, &str) {
-        self.target.connection.split_once('/').unwrap_or(("", &self.target.connection))
+        self.target
+            .connection
+            .split_once('/')
+            .unwrap_or(("", &self.target.connection))
     }
 
     /// Runs the migrations and loads the stored state into the progress.
@@ -171,13 +186,23 @@ impl Engine {
     pub async fn prepare(&self) -> Result<(), Error> {
         store::migrate(&self.target.pool, &self.target.schema).await?;
         for e in &self.entities {
-            let st = store::load_state(&self.target.pool, &self.target.schema, &self.target.connection, *e).await?;
+            let st = store::load_state(
+                &self.target.pool,
+                &self.target.schema,
+                &self.target.connection,
+                *e,
+            )
+            .await?;
             self.progress.update(|p| {
                 p.started = true;
                 p.entities.insert(
                     *e,
                     EntityProgress {
-                        phase: if st.initial_done { Phase::Incremental } else { Phase::Initial },
+                        phase: if st.initial_done {
+                            Phase::Incremental
+                        } else {
+                            Phase::Initial
+                        },
                         watermark: st.watermark_date.clone(),
                         records: st.records,
                         last_run_finished: st.last_run_finished,
@@ -237,13 +262,17 @@ impl Engine {
                 qualifier: keyset::modified_after(cursor.as_ref()),
                 page: 0,
                 size: PAGE_SIZE,
-                sort: vec![("modificationDate".to_string(), Direction::Asc), ("_id".to_string(), Direction::Asc)],
+                sort: vec![
+                    ("modificationDate".to_string(), Direction::Asc),
+                    ("_id".to_string(), Direction::Asc),
+                ],
                 norestrict: true,
             };
             let page = client.graphql().page(entity, &req).await?;
             let n = page.items.len();
             if n > 0 {
-                let mut prev: Option<(DateTime<Utc>, Option<String>)> = cursor.as_ref().map(|c| (c.at, c.id.clone()));
+                let mut prev: Option<(DateTime<Utc>, Option<String>)> =
+                    cursor.as_ref().map(|c| (c.at, c.id.clone()));
                 let mut last_date = String::new();
                 for item in &page.items {
                     let (Some(id), Some(date)) = (
@@ -262,8 +291,17 @@ impl Engine {
                 if !state.initial_done {
                     records += n as i64;
                 }
-                store::store_page(&t.pool, &t.schema, &t.connection, entity, &page.items, &next, &last_date, records)
-                    .await?;
+                store::store_page(
+                    &t.pool,
+                    &t.schema,
+                    &t.connection,
+                    entity,
+                    &page.items,
+                    &next,
+                    &last_date,
+                    records,
+                )
+                .await?;
                 read += n as u64;
                 cursor = Some(next);
                 if let Some(m) = &self.metrics {
@@ -319,7 +357,12 @@ impl Engine {
             };
             let page = client.graphql().page(entity, &req).await?;
             let n = page.items.len();
-            ids.extend(page.items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str)).map(str::to_string));
+            ids.extend(
+                page.items
+                    .iter()
+                    .filter_map(|i| i.get("_id").and_then(Value::as_str))
+                    .map(str::to_string),
+            );
             if n < PAGE_SIZE as usize {
                 break;
             }
@@ -351,11 +394,15 @@ impl Engine {
                 "PostgreSQL is unavailable ({e}); the sync retries with backoff and resumes from the stored watermark"
             ),
             Error::Carerix(c) if c.is_retryable() => {
-                format!("Carerix is unavailable ({}); the sync retries with backoff", c.reason())
+                format!(
+                    "Carerix is unavailable ({}); the sync retries with backoff",
+                    c.reason()
+                )
             }
             _ => format!("the data sync failed: {e}"),
         };
-        self.progress.update(|p| p.failure = Some(Failure { reason, message }));
+        self.progress
+            .update(|p| p.failure = Some(Failure { reason, message }));
     }
 
     /// Runs forever: prepare, an initial pass, a full comparison, then incremental passes every

@@ -156,7 +156,12 @@ fn key_of(obj: &CarerixConnection) -> String {
 impl SyncManager {
     /// A manager with no syncs running.
     pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
-        SyncManager { client, metrics, inner: Mutex::new(Inner::default()), trigger: Arc::new(Mutex::new(None)) }
+        SyncManager {
+            client,
+            metrics,
+            inner: Mutex::new(Inner::default()),
+            trigger: Arc::new(Mutex::new(None)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -212,7 +217,10 @@ impl SyncManager {
                 let mut w = reg.target.client.write().unwrap_or_else(|p| p.into_inner());
                 *w = target.client();
             }
-            let same_key = inner.running.get(&key).is_some_and(|r| r.public_key == public_key);
+            let same_key = inner
+                .running
+                .get(&key)
+                .is_some_and(|r| r.public_key == public_key);
             if !same_key && let Some(old) = inner.registered.get(&key).cloned() {
                 let reg = Registration {
                     target: old.target.clone(),
@@ -231,12 +239,18 @@ impl SyncManager {
             old.task.abort();
         }
         info!(connection = %key, "starting the data sync");
-        let engine = Engine::new(target.clone(), settings.entities.clone()).with_metrics(self.metrics.clone());
+        let engine =
+            Engine::new(target.clone(), settings.entities.clone()).with_metrics(self.metrics.clone());
         let progress = engine.progress();
         let trigger = self.trigger.clone();
-        let obj_ref = key.split_once('/').map(|(ns, name)| ObjectRef::<CarerixConnection>::new(name).within(ns));
+        let obj_ref = key
+            .split_once('/')
+            .map(|(ns, name)| ObjectRef::<CarerixConnection>::new(name).within(ns));
         let changed = move || {
-            if let (Some(tx), Some(r)) = (trigger.lock().unwrap_or_else(|p| p.into_inner()).as_ref(), obj_ref.as_ref()) {
+            if let (Some(tx), Some(r)) = (
+                trigger.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+                obj_ref.as_ref(),
+            ) {
                 let _ = tx.unbounded_send(r.clone());
             }
         };
@@ -248,7 +262,15 @@ impl SyncManager {
             batcher: batcher::Batcher::spawn(target),
         };
         inner.registered.insert(key.clone(), Arc::new(reg));
-        inner.running.insert(key, Running { fingerprint: fingerprint.to_string(), task, progress, public_key });
+        inner.running.insert(
+            key,
+            Running {
+                fingerprint: fingerprint.to_string(),
+                task,
+                progress,
+                public_key,
+            },
+        );
     }
 
     /// Stops the sync of connection `key`.
@@ -268,12 +290,17 @@ impl SyncManager {
 
     #[instrument(skip_all)]
     async fn sink_url(&self, obj: &CarerixConnection) -> Result<String, Error> {
-        let Some(sync) = &obj.spec.sync else { return Err(Error::Secret("no sync configured".into())) };
+        let Some(sync) = &obj.spec.sync else {
+            return Err(Error::Secret("no sync configured".into()));
+        };
         let sel = &sync.sink.postgres.connection_secret_ref;
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         let secret = api.get_opt(&sel.name).await.map_err(|e| {
-            Error::Secret(format!("could not read the Secret {:?} with the PostgreSQL URL: {e}", sel.name))
+            Error::Secret(format!(
+                "could not read the Secret {:?} with the PostgreSQL URL: {e}",
+                sel.name
+            ))
         })?;
         let Some(secret) = secret else {
             return Err(Error::Secret(format!(
@@ -281,16 +308,27 @@ impl SyncManager {
                 sel.name, sel.key
             )));
         };
-        let bytes = secret.data.as_ref().and_then(|d| d.get(&sel.key)).map(|b| b.0.clone()).or_else(|| {
-            secret.string_data.as_ref().and_then(|d| d.get(&sel.key)).map(|s| s.clone().into_bytes())
-        });
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&sel.key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&sel.key))
+                    .map(|s| s.clone().into_bytes())
+            });
         let Some(bytes) = bytes else {
             return Err(Error::Secret(format!(
                 "the Secret {:?} has no key {:?} with the PostgreSQL URL",
                 sel.name, sel.key
             )));
         };
-        String::from_utf8(bytes).map(|s| s.trim().to_string()).map_err(|_| Error::InvalidSinkUrl)
+        String::from_utf8(bytes)
+            .map(|s| s.trim().to_string())
+            .map_err(|_| Error::InvalidSinkUrl)
     }
 
     fn set_setup_error(&self, key: &str, e: &Error) {
@@ -299,7 +337,9 @@ impl SyncManager {
             r.task.abort();
         }
         inner.registered.remove(key);
-        inner.setup_errors.insert(key.to_string(), (e.condition_reason(), e.to_string()));
+        inner
+            .setup_errors
+            .insert(key.to_string(), (e.condition_reason(), e.to_string()));
     }
 }
 
@@ -315,10 +355,11 @@ impl SyncReport for SyncManager {
             Ok(u) => u,
             Err(e) => return self.set_setup_error(&key, &e),
         };
-        let (schema, pool) = match Schema::new(&sync.sink.postgres.schema).and_then(|s| Ok((s, self.pool_for(&url)?))) {
-            Ok(v) => v,
-            Err(e) => return self.set_setup_error(&key, &e),
-        };
+        let (schema, pool) =
+            match Schema::new(&sync.sink.postgres.schema).and_then(|s| Ok((s, self.pool_for(&url)?))) {
+                Ok(v) => v,
+                Err(e) => return self.set_setup_error(&key, &e),
+            };
         let settings = Settings {
             entities: sync.entities.clone(),
             interval: sync.interval.into(),
@@ -329,7 +370,12 @@ impl SyncReport for SyncManager {
             schema.name(),
             Sha256::digest(format!("{url}|{}|{}", obj.spec.tenant, obj.spec.api_url()).as_bytes())
         );
-        self.start(Target::new(cx.clone(), pool, schema, key), settings, &fingerprint, public_key);
+        self.start(
+            Target::new(cx.clone(), pool, schema, key),
+            settings,
+            &fingerprint,
+            public_key,
+        );
     }
 
     async fn stop(&self, obj: &CarerixConnection) {
@@ -353,7 +399,18 @@ impl SyncReport for SyncManager {
             let counts = p
                 .entities
                 .iter()
-                .map(|(e, s)| format!("{} {}{}", e.name(), s.records, if s.phase == engine::Phase::Initial { "" } else { " (done)" }))
+                .map(|(e, s)| {
+                    format!(
+                        "{} {}{}",
+                        e.name(),
+                        s.records,
+                        if s.phase == engine::Phase::Initial {
+                            ""
+                        } else {
+                            " (done)"
+                        }
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             return Part::failed(
@@ -361,7 +418,10 @@ impl SyncReport for SyncManager {
                 format!("the initial data sync is in progress: {counts}"),
             );
         }
-        Part::ok(reasons::SYNCED, format!("{} entities are synced to PostgreSQL", p.entities.len()))
+        Part::ok(
+            reasons::SYNCED,
+            format!("{} entities are synced to PostgreSQL", p.entities.len()),
+        )
     }
 
     fn status(&self, obj: &CarerixConnection) -> Option<SyncStatus> {
@@ -378,12 +438,16 @@ impl SyncReport for SyncManager {
                 },
                 watermark: s.watermark.clone(),
                 records: s.records,
-                last_run_finished: s.last_run_finished.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                last_run_finished: s
+                    .last_run_finished
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             })
             .collect();
         Some(SyncStatus {
             records: Some(entities.iter().map(|e| e.records).sum()),
-            last_sync_time: p.last_sync_time.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            last_sync_time: p
+                .last_sync_time
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             entities,
         })
     }

@@ -60,7 +60,13 @@ pub fn pool(url: &str) -> Result<Pool, Error> {
     let mut cfg = tokio_postgres::Config::from_str(url).map_err(|_| Error::InvalidSinkUrl)?;
     cfg.connect_timeout(Duration::from_secs(5));
     cfg.application_name("carerix-operator");
-    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(mgr)
         .max_size(8)
         .runtime(Runtime::Tokio1)
@@ -84,8 +90,14 @@ impl Schema {
         let ok = !name.is_empty()
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if ok { Ok(Schema(name.to_string())) } else { Err(Error::InvalidSchema(name.to_string())) }
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Schema(name.to_string()))
+        } else {
+            Err(Error::InvalidSchema(name.to_string()))
+        }
     }
 
     /// The bare name.
@@ -113,7 +125,8 @@ pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
     let mut client = pool.get().await?;
     let lock_key = format!("carerix-operator:{}", schema.name());
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
+        .await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS \"{s}\"; CREATE TABLE IF NOT EXISTS {m} (version integer PRIMARY KEY, \
          applied_at timestamptz NOT NULL DEFAULT now())",
@@ -124,13 +137,21 @@ pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
     tx.commit().await?;
     for (version, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
+            .await?;
         let done = tx
-            .query_opt(&format!("SELECT 1 FROM {} WHERE version = $1", schema.table("schema_migrations")), &[version])
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {} WHERE version = $1",
+                    schema.table("schema_migrations")
+                ),
+                &[version],
+            )
             .await?
             .is_some();
         if !done {
-            tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", schema.name())).await?;
+            tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", schema.name()))
+                .await?;
             tx.batch_execute(sql).await?;
             if *version == 1 {
                 for e in Entity::ALL {
@@ -140,8 +161,14 @@ pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
                     tx.batch_execute(&ddl).await?;
                 }
             }
-            tx.execute(&format!("INSERT INTO {} (version) VALUES ($1)", schema.table("schema_migrations")), &[version])
-                .await?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (version) VALUES ($1)",
+                    schema.table("schema_migrations")
+                ),
+                &[version],
+            )
+            .await?;
         }
         tx.commit().await?;
     }
@@ -169,7 +196,12 @@ pub struct EntityState {
 ///
 /// # Errors
 /// [`Error::Sink`].
-pub async fn load_state(pool: &Pool, schema: &Schema, connection: &str, entity: Entity) -> Result<EntityState, Error> {
+pub async fn load_state(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+) -> Result<EntityState, Error> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -181,7 +213,9 @@ pub async fn load_state(pool: &Pool, schema: &Schema, connection: &str, entity: 
             &[&connection, &entity.name()],
         )
         .await?;
-    let Some(row) = row else { return Ok(EntityState::default()) };
+    let Some(row) = row else {
+        return Ok(EntityState::default());
+    };
     let at: Option<DateTime<Utc>> = row.get(1);
     Ok(EntityState {
         cursor: at.map(|at| Cursor { at, id: row.get(2) }),
@@ -195,13 +229,21 @@ pub async fn load_state(pool: &Pool, schema: &Schema, connection: &str, entity: 
 
 /// Upserts records. Newer wins: a row is not replaced by an older `modificationDate`, except in
 /// the repeated autumn hour where wall-clock order says nothing (then the last write wins).
-async fn upsert(tx: &Transaction<'_>, schema: &Schema, connection: &str, entity: Entity, items: &[Value]) -> Result<u64, Error> {
+async fn upsert(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    items: &[Value],
+) -> Result<u64, Error> {
     if items.is_empty() {
         return Ok(0);
     }
-    let force = items
-        .iter()
-        .any(|r| r.get("modificationDate").and_then(Value::as_str).is_some_and(super::keyset::is_ambiguous));
+    let force = items.iter().any(|r| {
+        r.get("modificationDate")
+            .and_then(Value::as_str)
+            .is_some_and(super::keyset::is_ambiguous)
+    });
     let sql = format!(
         "INSERT INTO {t} AS t (connection, id, modification_date, deleted, deleted_at, record, synced_at) \
          SELECT $1, r->>'_id', r->>'modificationDate', COALESCE(r->>'deleted', '0') NOT IN ('0', 'false'), \
@@ -245,7 +287,14 @@ pub async fn store_page(
              watermark_id = excluded.watermark_id, records = excluded.records",
             schema.table("sync_state")
         ),
-        &[&connection, &entity.name(), &watermark_date, &cursor.at, &cursor.id, &records],
+        &[
+            &connection,
+            &entity.name(),
+            &watermark_date,
+            &cursor.at,
+            &cursor.id,
+            &records,
+        ],
     )
     .await?;
     tx.commit().await?;
@@ -256,7 +305,12 @@ pub async fn store_page(
 ///
 /// # Errors
 /// [`Error::Sink`].
-pub async fn finish_pass(pool: &Pool, schema: &Schema, connection: &str, entity: Entity) -> Result<(i64, DateTime<Utc>), Error> {
+pub async fn finish_pass(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+) -> Result<(i64, DateTime<Utc>), Error> {
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -326,11 +380,19 @@ pub async fn mark_missing(
 ///
 /// # Errors
 /// [`Error::Sink`].
-pub async fn event_seen(pool: &Pool, schema: &Schema, connection: &str, event_id: &str) -> Result<bool, Error> {
+pub async fn event_seen(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    event_id: &str,
+) -> Result<bool, Error> {
     let client = pool.get().await?;
     Ok(client
         .query_opt(
-            &format!("SELECT 1 FROM {} WHERE connection = $1 AND event_id = $2", schema.table("processed_events")),
+            &format!(
+                "SELECT 1 FROM {} WHERE connection = $1 AND event_id = $2",
+                schema.table("processed_events")
+            ),
             &[&connection, &event_id],
         )
         .await?
@@ -353,7 +415,13 @@ pub enum Change {
 ///
 /// # Errors
 /// [`Error::Sink`].
-pub async fn apply_event(pool: &Pool, schema: &Schema, connection: &str, event_id: &str, change: &Change) -> Result<bool, Error> {
+pub async fn apply_event(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    event_id: &str,
+    change: &Change,
+) -> Result<bool, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let fresh = tx
