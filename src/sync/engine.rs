@@ -355,7 +355,7 @@ impl Engine {
                 sort: vec![("_id".to_string(), Direction::Asc)],
                 norestrict: true,
             };
-            let page = client.graphql().page(entity, &req).await?;
+            let page = client.graphql().page_ids(entity, &req).await?;
             let n = page.items.len();
             ids.extend(
                 page.items
