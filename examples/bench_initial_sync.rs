@@ -21,11 +21,7 @@ const RATE: u32 = 10;
 fn arg(name: &str, default: usize) -> Result<usize> {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .context("missing value")?
-            .parse()
-            .context("not a number"),
+        Some(i) => args.get(i + 1).context("missing value")?.parse().context("not a number"),
         None => Ok(default),
     }
 }
@@ -55,10 +51,7 @@ fn postgres() -> Result<String> {
         .context("hack/postgres.sh")?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("export CARERIX_TEST_POSTGRES_URL=")
-                .map(str::to_string)
-        })
+        .find_map(|l| l.strip_prefix("export CARERIX_TEST_POSTGRES_URL=").map(str::to_string))
         .context("hack/postgres.sh did not print a URL")
 }
 
@@ -67,15 +60,9 @@ async fn main() -> Result<()> {
     let records = arg("--records", 5000)?;
     let n_entities = arg("--entities", 7)?.clamp(1, 7);
     let url = postgres()?;
-    let mut config = carerix_sim::Config {
-        records_per_entity: records,
-        rate_limit_per_sec: RATE,
-        ..Default::default()
-    };
-    config.tenants.push(carerix_sim::TenantConfig {
-        name: "bench".into(),
-        webhooks_activated: true,
-    });
+    let mut config =
+        carerix_sim::Config { records_per_entity: records, rate_limit_per_sec: RATE, ..Default::default() };
+    config.tenants.push(carerix_sim::TenantConfig { name: "bench".into(), webhooks_activated: true });
     config.clients.push(carerix_sim::ClientConfig {
         tenant: "bench".into(),
         client_id: "bench".into(),

@@ -415,10 +415,7 @@ mod tests {
         .unwrap();
         assert_eq!(spec.identity_url(), "https://id.carerix.io");
         assert_eq!(spec.api_url(), "https://api.carerix.io");
-        assert_eq!(
-            std::time::Duration::from(spec.interval),
-            std::time::Duration::from_secs(600)
-        );
+        assert_eq!(std::time::Duration::from(spec.interval), std::time::Duration::from_secs(600));
         assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
         assert!(!spec.suspend);
         assert!(spec.webhooks.is_empty());
@@ -432,9 +429,6 @@ mod tests {
         .unwrap();
         assert_eq!(sync.entities.len(), 7);
         assert_eq!(sync.sink.postgres.schema, "carerix");
-        assert_eq!(
-            std::time::Duration::from(sync.interval),
-            std::time::Duration::from_secs(300)
-        );
+        assert_eq!(std::time::Duration::from(sync.interval), std::time::Duration::from_secs(300));
     }
 }

@@ -51,9 +51,9 @@ fn expired(lease: &Lease, now: Timestamp) -> bool {
     }
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
     match &spec.renew_time {
-        Some(MicroTime(renewed)) => renewed
-            .checked_add(SignedDuration::from_secs(duration))
-            .is_ok_and(|deadline| deadline < now),
+        Some(MicroTime(renewed)) => {
+            renewed.checked_add(SignedDuration::from_secs(duration)).is_ok_and(|deadline| deadline < now)
+        }
         None => true,
     }
 }
@@ -61,10 +61,7 @@ fn expired(lease: &Lease, now: Timestamp) -> bool {
 impl LeaderElection {
     /// An election for the given Lease.
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        LeaderElection {
-            api: Api::namespaced(client, &settings.namespace),
-            settings,
-        }
+        LeaderElection { api: Api::namespaced(client, &settings.namespace), settings }
     }
 
     fn retry_period(&self) -> Duration {
@@ -99,28 +96,19 @@ impl LeaderElection {
                         namespace: Some(self.settings.namespace.clone()),
                         ..ObjectMeta::default()
                     },
-                    spec: Some(LeaseSpec {
-                        lease_transitions: Some(0),
-                        ..self.spec(None, now)
-                    }),
+                    spec: Some(LeaseSpec { lease_transitions: Some(0), ..self.spec(None, now) }),
                 };
                 self.api.create(&PostParams::default(), &lease).await?;
                 Ok(Attempt::Acquired)
             }
             Some(mut lease) => {
-                let holder = lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.holder_identity.clone())
-                    .unwrap_or_default();
+                let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
                 if holder != self.settings.identity && !expired(&lease, now) {
                     return Ok(Attempt::HeldByOther(holder));
                 }
                 lease.spec = Some(self.spec(lease.spec.as_ref(), now));
                 // The resourceVersion in `lease` makes this a compare-and-swap.
-                self.api
-                    .replace(&self.settings.name, &PostParams::default(), &lease)
-                    .await?;
+                self.api.replace(&self.settings.name, &PostParams::default(), &lease).await?;
                 Ok(Attempt::Acquired)
             }
         }
@@ -184,11 +172,7 @@ impl LeaderElection {
                     spec.holder_identity = None;
                     spec.renew_time = None;
                 }
-                match self
-                    .api
-                    .replace(&self.settings.name, &PostParams::default(), &lease)
-                    .await
-                {
+                match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
                     Ok(_) => info!("released the lease"),
                     Err(err) => warn!(error = %err, "could not release the lease"),
                 }

@@ -137,11 +137,7 @@ impl Metrics {
             rate_limited_seconds.clone(),
         );
         let sync_records = Family::<EntityLabels, Counter>::default();
-        registry.register(
-            "sync_records",
-            "Records written to the sink",
-            sync_records.clone(),
-        );
+        registry.register("sync_records", "Records written to the sink", sync_records.clone());
         let sync_lag = Family::<EntityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "sync_lag_seconds",
@@ -184,19 +180,12 @@ impl Metrics {
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
         self.touch();
-        ReconcileTimer {
-            metrics: self,
-            start: Instant::now(),
-        }
+        ReconcileTimer { metrics: self, start: Instant::now() }
     }
 
     /// Counts a failed pass.
     pub fn reconcile_failed(&self, reason: &str) {
-        self.reconcile_errors
-            .get_or_create(&ErrorLabels {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.reconcile_errors.get_or_create(&ErrorLabels { reason: reason.to_string() }).inc();
     }
 
     /// Sets the condition gauges of a connection.
@@ -211,23 +200,14 @@ impl Metrics {
                     r#type: c.type_.clone(),
                     status: status.to_string(),
                 };
-                self.conditions
-                    .get_or_create(&labels)
-                    .set(i64::from(c.status == status));
+                self.conditions.get_or_create(&labels).set(i64::from(c.status == status));
             }
         }
     }
 
     /// Removes the series of a deleted connection.
     pub fn forget_connection(&self, namespace: &str, name: &str) {
-        for type_ in [
-            "Ready",
-            "Reconciling",
-            "Stalled",
-            "CredentialsValid",
-            "WebhooksReady",
-            "DataSynced",
-        ] {
+        for type_ in ["Ready", "Reconciling", "Stalled", "CredentialsValid", "WebhooksReady", "DataSynced"] {
             for status in ["True", "False", "Unknown"] {
                 self.conditions.remove(&ConditionLabels {
                     namespace: namespace.to_string(),
@@ -263,11 +243,7 @@ impl Metrics {
 
     /// Counts a delivery by its result (`accepted`, `duplicate`, `bad_signature`, ...).
     pub fn delivery(&self, result: &str) {
-        self.deliveries
-            .get_or_create(&ResultLabels {
-                result: result.to_string(),
-            })
-            .inc();
+        self.deliveries.get_or_create(&ResultLabels { result: result.to_string() }).inc();
     }
 
     /// Marks the controller loop as alive.
@@ -294,9 +270,7 @@ pub struct ReconcileTimer<'a> {
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.metrics
-            .reconcile_duration
-            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics.reconcile_duration.observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -307,10 +281,7 @@ impl carerix::Observer for CarerixObserver {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.0
             .carerix_requests
-            .get_or_create(&RequestLabels {
-                operation: operation.to_string(),
-                status,
-            })
+            .get_or_create(&RequestLabels { operation: operation.to_string(), status })
             .inc();
         self.0.carerix_request_duration.observe(duration.as_secs_f64());
     }
@@ -319,14 +290,9 @@ impl carerix::Observer for CarerixObserver {
         if waited.is_zero() {
             return;
         }
-        let labels = TenantLabels {
-            tenant: tenant.to_string(),
-        };
+        let labels = TenantLabels { tenant: tenant.to_string() };
         self.0.rate_limited_waits.get_or_create(&labels).inc();
-        self.0
-            .rate_limited_seconds
-            .get_or_create(&labels)
-            .inc_by(waited.as_secs_f64());
+        self.0.rate_limited_seconds.get_or_create(&labels).inc_by(waited.as_secs_f64());
     }
 }
 

@@ -190,10 +190,7 @@ mod tests {
     fn keypair() -> (SigningKey<Sha256>, String) {
         let mut rng = rand_core_rng();
         let private = RsaPrivateKey::new(&mut rng, 1024).expect("key");
-        let pem = private
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("pem");
+        let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).expect("pem");
         (SigningKey::<Sha256>::new(private), pem)
     }
 
@@ -212,11 +209,7 @@ mod tests {
         assert!(!verify_signature(&key, body, "not base64!"));
         assert!(!verify_signature(&key, body, ""));
         let (_, other_pem) = keypair();
-        assert!(!verify_signature(
-            &parse_public_key(&other_pem).expect("parses"),
-            body,
-            &sig
-        ));
+        assert!(!verify_signature(&parse_public_key(&other_pem).expect("parses"), body, &sig));
         assert!(parse_public_key("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----").is_none());
     }
 
@@ -241,10 +234,7 @@ mod tests {
     #[test]
     fn event_types_map_to_the_synced_entities_only() {
         let synced = [Entity::Candidates, Entity::Matches];
-        assert_eq!(
-            entity_for("cremployee:updated", &synced),
-            Some(Entity::Candidates)
-        );
+        assert_eq!(entity_for("cremployee:updated", &synced), Some(Entity::Candidates));
         assert_eq!(entity_for("crmatch:created", &synced), Some(Entity::Matches));
         assert_eq!(entity_for("crvacancy:updated", &synced), None);
         assert_eq!(entity_for("crsomethingelse:updated", &synced), None);

@@ -161,9 +161,7 @@ pub enum Error {
 pub fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -173,16 +171,11 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 async fn kube_client(args: &RunArgs) -> Result<Client, Error> {
     let config = match &args.kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-                path: path.clone(),
-                source,
-            })?;
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|source| Error::Kubeconfig { path: path.clone(), source })?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|source| Error::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(|source| Error::Kubeconfig { path: path.clone(), source })?
         }
         None => Config::infer().await.map_err(Error::InferConfig)?,
     };
@@ -200,19 +193,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    probe
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-        .map_err(Error::CrdMissing)?;
+    probe.list(&kube::api::ListParams::default().limit(1)).await.map_err(Error::CrdMissing)?;
 
     let metrics = Arc::new(Metrics::new());
     let rate_limiters = RateLimiters::new(args.carerix_rate_limit);
     let sync = Arc::new(SyncManager::new(client.clone(), metrics.clone()));
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let reporter = Reporter {
-        controller: "carerix-operator".into(),
-        instance: Some(identity.clone()),
-    };
+    let reporter = Reporter { controller: "carerix-operator".into(), instance: Some(identity.clone()) };
     let settings = Settings {
         receiver_base_url: args.receiver_base_url.clone(),
         backoff: BackoffPolicy {
@@ -252,10 +239,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     sync.set_reconcile_trigger(reconcile_tx);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| Error::Serve {
-            addr: args.listen,
-            source,
-        })?;
+        .map_err(|source| Error::Serve { addr: args.listen, source })?;
     info!(addr = %args.listen, "serving /healthz, /readyz, /metrics and /webhooks");
     let server = tokio::spawn(server::serve(listener, state, shutdown_rx.clone()));
 
@@ -287,14 +271,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         None
     };
 
-    let controllers = run_controllers(
-        &args,
-        client.clone(),
-        ctx.clone(),
-        ready.clone(),
-        reconcile_rx,
-        shutdown_rx.clone(),
-    );
+    let controllers =
+        run_controllers(&args, client.clone(), ctx.clone(), ready.clone(), reconcile_rx, shutdown_rx.clone());
     match leader {
         Some(leader) => {
             let mut shutdown = shutdown_rx.clone();
@@ -324,10 +302,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(source)) => {
-            return Err(Error::Serve {
-                addr: args.listen,
-                source,
-            });
+            return Err(Error::Serve { addr: args.listen, source });
         }
         Err(err) => error!(error = %err, "the HTTP server task failed"),
     }
@@ -336,18 +311,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 }
 
 fn default_identity() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    format!(
-        "{}-{}",
-        if host.is_empty() {
-            "carerix-operator"
-        } else {
-            &host
-        },
-        std::process::id()
-    )
+    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    format!("{}-{}", if host.is_empty() { "carerix-operator" } else { &host }, std::process::id())
 }
 
 async fn shutdown_signal() {
@@ -376,15 +341,11 @@ async fn shutdown_signal() {
 pub fn references_secret(obj: &CarerixConnection, name: &str) -> bool {
     let spec = &obj.spec;
     spec.credentials_secret_ref.name == name
-        || spec.webhooks.iter().any(|w| {
-            w.custom_headers
-                .iter()
-                .any(|h| h.value_from.secret_key_ref.name == name)
-        })
         || spec
-            .sync
-            .as_ref()
-            .is_some_and(|s| s.sink.postgres.connection_secret_ref.name == name)
+            .webhooks
+            .iter()
+            .any(|w| w.custom_headers.iter().any(|h| h.value_from.secret_key_ref.name == name))
+        || spec.sync.as_ref().is_some_and(|s| s.sink.postgres.connection_secret_ref.name == name)
 }
 
 async fn run_controllers(
@@ -409,10 +370,7 @@ async fn run_controllers(
     let mut runs = Vec::new();
     for ns in scopes {
         let (connections, secrets): (Api<CarerixConnection>, Api<PartialObjectMeta<Secret>>) = match &ns {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let controller = Controller::new(connections, watcher::Config::default().any_semantic())
@@ -458,10 +416,7 @@ async fn run_controllers(
         for store in stores {
             // NB: the store's readiness wakes only its most recent waiter (the controller also
             // waits on it), so poll it again now and then instead of awaiting once.
-            while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
-                .await
-                .is_err()
-            {}
+            while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await.is_err() {}
         }
         ready.store(true, Ordering::SeqCst);
         info!("caches synced; ready");

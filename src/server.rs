@@ -53,14 +53,10 @@ pub fn router(state: ServerState) -> Router {
         .route("/metrics", get(metrics))
         .route(
             "/webhooks/{namespace}/{name}",
-            post(crate::receiver::receive).route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                only_when_leading,
-            )),
+            post(crate::receiver::receive)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), only_when_leading)),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::receiver::MAX_BODY_BYTES,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::receiver::MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -120,10 +116,7 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),
     )
 }

@@ -24,14 +24,8 @@ fn health_lua() -> PathBuf {
 }
 
 fn lua() -> &'static str {
-    let found = Command::new("lua5.4")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "lua5.4 is not installed: apt-get install -y lua5.4 (the test runs the real interpreter)"
-    );
+    let found = Command::new("lua5.4").arg("-v").output().is_ok_and(|o| o.status.success());
+    assert!(found, "lua5.4 is not installed: apt-get install -y lua5.4 (the test runs the real interpreter)");
     "lua5.4"
 }
 
@@ -42,17 +36,8 @@ fn health(object: &str) -> (String, String) {
     let obj = dir.path().join("object.lua");
     std::fs::write(&harness, HARNESS).expect("write the harness");
     std::fs::write(&obj, format!("return {object}\n")).expect("write the object");
-    let out = Command::new(lua())
-        .arg(&harness)
-        .arg(health_lua())
-        .arg(&obj)
-        .output()
-        .expect("lua5.4 runs");
-    assert!(
-        out.status.success(),
-        "the health check failed to run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(lua()).arg(&harness).arg(health_lua()).arg(&obj).output().expect("lua5.4 runs");
+    assert!(out.status.success(), "the health check failed to run: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = text.lines();
     let status = lines.next().unwrap_or_default().to_string();
@@ -84,13 +69,8 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str, generation:
 
 #[test]
 fn a_ready_connection_for_the_current_generation_is_healthy() {
-    let ready = condition(
-        "Ready",
-        "True",
-        "Succeeded",
-        "credentials valid, 2 webhooks active, data synced",
-        4,
-    );
+    let ready =
+        condition("Ready", "True", "Succeeded", "credentials valid, 2 webhooks active, data synced", 4);
     let (status, message) = health(&connection(4, 4, &ready));
     assert_eq!(status, "Healthy");
     assert_eq!(message, "credentials valid, 2 webhooks active, data synced");
@@ -107,20 +87,8 @@ fn a_new_generation_not_yet_observed_is_progressing_even_while_ready_is_still_tr
 #[test]
 fn an_initial_sync_in_progress_is_progressing_with_the_ready_message() {
     let conditions = [
-        condition(
-            "Ready",
-            "False",
-            "InitialSyncInProgress",
-            "initial sync: 1200 of 5000 candidates",
-            1,
-        ),
-        condition(
-            "Reconciling",
-            "True",
-            "InitialSyncInProgress",
-            "initial sync: 1200 of 5000 candidates",
-            1,
-        ),
+        condition("Ready", "False", "InitialSyncInProgress", "initial sync: 1200 of 5000 candidates", 1),
+        condition("Reconciling", "True", "InitialSyncInProgress", "initial sync: 1200 of 5000 candidates", 1),
     ]
     .concat();
     let (status, message) = health(&connection(1, 1, &conditions));
@@ -130,13 +98,7 @@ fn an_initial_sync_in_progress_is_progressing_with_the_ready_message() {
 
 #[test]
 fn a_transient_failure_such_as_rate_limiting_is_progressing_not_degraded() {
-    let ready = condition(
-        "Ready",
-        "False",
-        "RateLimited",
-        "Carerix rate limit reached; retrying in 30s",
-        1,
-    );
+    let ready = condition("Ready", "False", "RateLimited", "Carerix rate limit reached; retrying in 30s", 1);
     let (status, message) = health(&connection(1, 1, &ready));
     assert_eq!(status, "Progressing");
     assert_eq!(message, "Carerix rate limit reached; retrying in 30s");
@@ -144,13 +106,7 @@ fn a_transient_failure_such_as_rate_limiting_is_progressing_not_degraded() {
 
 #[test]
 fn rejected_credentials_are_degraded_with_the_ready_message() {
-    let ready = condition(
-        "Ready",
-        "False",
-        "InvalidClient",
-        "Carerix rejects the client id or secret",
-        2,
-    );
+    let ready = condition("Ready", "False", "InvalidClient", "Carerix rejects the client id or secret", 2);
     let (status, message) = health(&connection(2, 2, &ready));
     assert_eq!(status, "Degraded");
     assert_eq!(message, "Carerix rejects the client id or secret");
@@ -176,20 +132,8 @@ fn every_terminal_reason_is_degraded() {
 #[test]
 fn a_stalled_connection_is_degraded_whatever_the_ready_reason() {
     let conditions = [
-        condition(
-            "Ready",
-            "False",
-            "WebhooksFailed",
-            "webhooks are not activated for acme",
-            5,
-        ),
-        condition(
-            "Stalled",
-            "True",
-            "WebhooksNotActivated",
-            "ask Carerix support to activate webhooks",
-            5,
-        ),
+        condition("Ready", "False", "WebhooksFailed", "webhooks are not activated for acme", 5),
+        condition("Stalled", "True", "WebhooksNotActivated", "ask Carerix support to activate webhooks", 5),
     ]
     .concat();
     let (status, message) = health(&connection(5, 5, &conditions));

@@ -18,14 +18,8 @@ fn connection(name: &str, spec: &str) -> String {
 
 fn assert_refused(out: std::process::Output, message: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "the manifest was accepted, but should be refused with: {message}"
-    );
-    assert!(
-        stderr.contains(message),
-        "refused, but without the message {message:?}: {stderr}"
-    );
+    assert!(!out.status.success(), "the manifest was accepted, but should be refused with: {message}");
+    assert!(stderr.contains(message), "refused, but without the message {message:?}: {stderr}");
 }
 
 const BASE: &str = "  tenant: acme\n  credentialsSecretRef: {name: acme-carerix}\n";
@@ -46,14 +40,8 @@ fn the_examples_are_accepted_by_server_side_apply() {
 #[test]
 fn a_tenant_with_capitals_is_refused_with_a_message_about_the_application_name() {
     let ns = control_plane().namespace("tenant-caps");
-    let yaml = connection(
-        "caps",
-        "  tenant: Acme\n  credentialsSecretRef: {name: acme-carerix}",
-    );
-    assert_refused(
-        apply(&ns, &yaml),
-        "tenant must be the lowercase Carerix application name",
-    );
+    let yaml = connection("caps", "  tenant: Acme\n  credentialsSecretRef: {name: acme-carerix}");
+    assert_refused(apply(&ns, &yaml), "tenant must be the lowercase Carerix application name");
 }
 
 #[test]
@@ -61,10 +49,7 @@ fn changing_the_tenant_is_refused() {
     let ns = control_plane().namespace("tenant-immutable");
     let out = apply(&ns, &connection("moving", BASE));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let moved = connection(
-        "moving",
-        "  tenant: globex\n  credentialsSecretRef: {name: acme-carerix}",
-    );
+    let moved = connection("moving", "  tenant: globex\n  credentialsSecretRef: {name: acme-carerix}");
     assert_refused(apply(&ns, &moved), "tenant is immutable");
 }
 
@@ -72,41 +57,26 @@ fn changing_the_tenant_is_refused() {
 fn eleven_events_on_one_webhook_are_refused() {
     let ns = control_plane().namespace("events-cap");
     let events: Vec<String> = (0..11).map(|i| format!("crentity{i}:updated")).collect();
-    let spec = format!(
-        "{BASE}  webhooks:\n    - name: many\n      events: [{}]",
-        events.join(", ")
-    );
-    assert_refused(
-        apply(&ns, &connection("many", &spec)),
-        "at most 10 events per webhook",
-    );
+    let spec = format!("{BASE}  webhooks:\n    - name: many\n      events: [{}]", events.join(", "));
+    assert_refused(apply(&ns, &connection("many", &spec)), "at most 10 events per webhook");
 }
 
 #[test]
 fn an_event_that_is_not_entity_colon_action_is_refused() {
     let ns = control_plane().namespace("events-shape");
     let spec = format!("{BASE}  webhooks:\n    - name: bad\n      events: [employee-created]");
-    assert_refused(
-        apply(&ns, &connection("bad-event", &spec)),
-        "events look like <entity>:<action>",
-    );
+    assert_refused(apply(&ns, &connection("bad-event", &spec)), "events look like <entity>:<action>");
 }
 
 #[test]
 fn a_bad_duration_is_refused() {
     let ns = control_plane().namespace("duration");
     let spec = format!("{BASE}  interval: ten minutes");
-    assert_refused(
-        apply(&ns, &connection("slow", &spec)),
-        "interval must be a duration",
-    );
+    assert_refused(apply(&ns, &connection("slow", &spec)), "interval must be a duration");
     let spec = format!(
         "{BASE}  sync:\n    interval: 5 minutes\n    sink: {{postgres: {{connectionSecretRef: {{name: db, key: url}}}}}}"
     );
-    assert_refused(
-        apply(&ns, &connection("slow-sync", &spec)),
-        "sync.interval must be a duration",
-    );
+    assert_refused(apply(&ns, &connection("slow-sync", &spec)), "sync.interval must be a duration");
 }
 
 #[test]
@@ -115,10 +85,7 @@ fn a_duplicate_webhook_name_is_refused() {
     let spec = format!(
         "{BASE}  webhooks:\n    - name: same\n      events: [cremployee:created]\n    - name: same\n      events: [crmatch:created]"
     );
-    assert_refused(
-        apply(&ns, &connection("dups", &spec)),
-        "webhook names must be unique",
-    );
+    assert_refused(apply(&ns, &connection("dups", &spec)), "webhook names must be unique");
 }
 
 #[test]
@@ -127,10 +94,7 @@ fn an_unknown_entity_and_a_reserved_header_are_refused() {
     let spec = format!(
         "{BASE}  sync:\n    entities: [candidates, invoices]\n    sink: {{postgres: {{connectionSecretRef: {{name: db, key: url}}}}}}"
     );
-    assert_refused(
-        apply(&ns, &connection("invoices", &spec)),
-        "Unsupported value: \"invoices\"",
-    );
+    assert_refused(apply(&ns, &connection("invoices", &spec)), "Unsupported value: \"invoices\"");
     let spec = format!(
         "{BASE}  webhooks:\n    - name: h\n      events: [crmatch:created]\n      customHeaders:\n        - name: Cx-Signature\n          valueFrom: {{secretKeyRef: {{name: s, key: k}}}}"
     );
@@ -146,16 +110,7 @@ fn kubectl_get_cxc_shows_the_printer_columns() {
     let out = cp.kubectl(&["get", "cxc", "-n", &ns]);
     let table = String::from_utf8_lossy(&out.stdout);
     let header = table.lines().next().unwrap_or_default();
-    for column in [
-        "NAME",
-        "TENANT",
-        "READY",
-        "STATUS",
-        "WEBHOOKS",
-        "RECORDS",
-        "LAST SYNC",
-        "AGE",
-    ] {
+    for column in ["NAME", "TENANT", "READY", "STATUS", "WEBHOOKS", "RECORDS", "LAST SYNC", "AGE"] {
         assert!(header.contains(column), "column {column} missing from: {header}");
     }
     assert!(table.contains("acme"), "{table}");

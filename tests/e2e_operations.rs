@@ -30,10 +30,7 @@ fn spec(sim_url: &str) -> serde_json::Value {
 
 /// Issues a client-certificate kubeconfig for `user` on the control plane the tests started.
 fn user_kubeconfig(cp: &ControlPlane, user: &str) -> PathBuf {
-    let dir = cp
-        .kubeconfig
-        .parent()
-        .expect("the kubeconfig lives in the control plane dir");
+    let dir = cp.kubeconfig.parent().expect("the kubeconfig lives in the control plane dir");
     assert!(
         dir.join("pki/ca.key").is_file(),
         "this test issues a certificate for the chart's ServiceAccount and needs the control plane that \
@@ -75,37 +72,17 @@ async fn the_operator_works_under_the_charts_service_account_and_is_refused_outs
         "--show-only",
         "templates/rbac.yaml",
     ]);
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
     let rbac = String::from_utf8_lossy(&out.stdout).to_string();
     let applied = cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &rbac);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let kubeconfig = user_kubeconfig(cp, &format!("system:serviceaccount:{ns}:{release}"));
 
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
     let _op = Operator::start_with_kubeconfig(
         kubeconfig.clone(),
         &[&ns],
-        &[
-            "--leader-elect",
-            "--lease-name",
-            &release,
-            "--lease-namespace",
-            &ns,
-        ],
+        &["--leader-elect", "--lease-name", &release, "--lease-namespace", &ns],
     );
     apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str())).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
@@ -126,10 +103,7 @@ async fn the_operator_works_under_the_charts_service_account_and_is_refused_outs
         vec!["get", "carerixconnections", "-A"],
     ] {
         let out = kubectl_as(&args);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} was allowed to the operator's identity"
-        );
+        assert!(!out.status.success(), "kubectl {args:?} was allowed to the operator's identity");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
             "{}",
@@ -144,20 +118,8 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     let client = cp.client().await;
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
     let ns = cp.namespace("leader");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let lease_args = [
-        "--leader-elect",
-        "--lease-namespace",
-        &ns,
-        "--lease-duration-seconds",
-        "4",
-    ];
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
+    let lease_args = ["--leader-elect", "--lease-namespace", &ns, "--lease-duration-seconds", "4"];
     let mut first = Operator::start(cp, &[&ns], &[&lease_args[..], &["--identity", "first"]].concat());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let holder = support::eventually("a lease holder", READY_TIMEOUT, || {
@@ -177,11 +139,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     // The standby is ready (it must not hold up rollouts) but leaves Carerix alone.
     let (status, body) = second.get("/readyz").await.expect("standby answers");
     assert_eq!((status, body.as_str()), (200, "standby"));
-    assert!(
-        !std::fs::read_to_string(&second.log)
-            .unwrap_or_default()
-            .contains("acquired the lease")
-    );
+    assert!(!std::fs::read_to_string(&second.log).unwrap_or_default().contains("acquired the lease"));
     assert_eq!(sim.sim().webhooks("acme", None).expect("hooks").len(), 1);
 
     // The leader dies without releasing: the standby takes over after the lease expires.
@@ -196,10 +154,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     .await;
     let mut changed = spec(sim.base_url().as_str());
     changed["webhooks"] = json!([{"name": "a", "events": ["crmatch:created", "crjob:created"], "url": "https://x.example.com/a"}]);
-    let generation = apply_connection(&client, &ns, "acme", changed)
-        .await
-        .metadata
-        .generation;
+    let generation = apply_connection(&client, &ns, "acme", changed).await.metadata.generation;
     support::eventually("the new leader to reconcile the change", READY_TIMEOUT, || {
         let client = client.clone();
         let ns = ns.clone();
@@ -209,29 +164,14 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
         }
     })
     .await;
-    assert_eq!(
-        sim.sim().applications("acme").expect("apps").len(),
-        1,
-        "no duplicate application"
-    );
-    assert_eq!(
-        sim.sim().webhooks("acme", None).expect("hooks").len(),
-        1,
-        "no duplicate webhook"
-    );
+    assert_eq!(sim.sim().applications("acme").expect("apps").len(), 1, "no duplicate application");
+    assert_eq!(sim.sim().webhooks("acme", None).expect("hooks").len(), 1, "no duplicate webhook");
 
     // A graceful stop releases the lease at once.
     let status = second.terminate();
-    assert!(
-        status.success(),
-        "SIGTERM must end the operator cleanly: {status:?}"
-    );
+    assert!(status.success(), "SIGTERM must end the operator cleanly: {status:?}");
     let lease = leases.get("carerix-operator").await.expect("lease");
-    assert_eq!(
-        lease.spec.and_then(|s| s.holder_identity),
-        None,
-        "the lease was released on shutdown"
-    );
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None, "the lease was released on shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,13 +180,7 @@ async fn health_readiness_and_metrics_reflect_the_running_operator() {
     let client = cp.client().await;
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
     let ns = cp.namespace("metrics");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
     let op = Operator::start(cp, &[&ns], &[]);
     apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str())).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;

@@ -16,7 +16,7 @@ use support::{
     control_plane,
     e2e::{
         Operator, apply_connection, condition, delete_connection, emulator, get_connection, put_secret,
-        wait_condition,
+        wait_condition, wait_gone,
     },
 };
 
@@ -64,13 +64,20 @@ async fn events_with_reason(client: &kube::Client, ns: &str, reason: &str) -> Ve
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
         .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .collect()
-        })
+        .map(|l| l.items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect())
         .unwrap_or_default()
+}
+
+/// The usual start: the emulator with tenant `acme` (webhooks activated or not) and client
+/// `acme-client`, a namespace with its Secret `creds`, and an operator watching the namespace.
+async fn start(prefix: &str, activated: bool) -> (kube::Client, carerix_sim::SimHandle, String, Operator) {
+    let cp = control_plane();
+    let client = cp.client().await;
+    let sim = emulator(&[("acme", activated)], &[("acme", "acme-client", "s3cret")]).await;
+    let ns = cp.namespace(prefix);
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
+    let op = Operator::start(cp, &[&ns], &[]);
+    (client, sim, ns, op)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,13 +86,8 @@ async fn a_secret_and_a_connection_become_ready_with_the_webhooks_in_carerix() {
     let client = cp.client().await;
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
     let ns = cp.namespace("ready");
-    put_secret(
-        &client,
-        &ns,
-        "acme-carerix",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
+    put_secret(&client, &ns, "acme-carerix", &[("clientId", "acme-client"), ("clientSecret", "s3cret")])
+        .await;
     put_secret(&client, &ns, "hooks", &[("token", "hook-token-value")]).await;
     let op = Operator::start(cp, &[&ns], &[]);
     apply_connection(
@@ -97,14 +99,7 @@ async fn a_secret_and_a_connection_become_ready_with_the_webhooks_in_carerix() {
     .await;
 
     // The way users wait for it.
-    let out = cp.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "-n",
-        &ns,
-        "cxc/acme",
-        "--timeout=60s",
-    ]);
+    let out = cp.kubectl(&["wait", "--for=condition=Ready", "-n", &ns, "cxc/acme", "--timeout=60s"]);
     assert!(
         out.status.success(),
         "kubectl wait failed: {}\n{}",
@@ -115,35 +110,22 @@ async fn a_secret_and_a_connection_become_ready_with_the_webhooks_in_carerix() {
     let obj = get_connection(&client, &ns, "acme").await.expect("exists");
     let status = obj.status.clone().expect("status");
     assert_eq!(status.observed_generation, obj.metadata.generation);
-    assert_eq!(
-        status
-            .webhooks
-            .as_ref()
-            .and_then(|w| w.summary.clone())
-            .as_deref(),
-        Some("2/2")
-    );
+    assert_eq!(status.webhooks.as_ref().and_then(|w| w.summary.clone()).as_deref(), Some("2/2"));
     assert!(
         status
             .credentials
             .as_ref()
             .is_some_and(|c| c.scopes.iter().any(|s| s == "urn:cx/webhooks:data:manage"))
     );
-    assert!(
-        obj.finalizers()
-            .iter()
-            .any(|f| f == "hiredata.io/carerix-cleanup")
-    );
+    assert!(obj.finalizers().iter().any(|f| f == "hiredata.io/carerix-cleanup"));
 
     let apps = sim.sim().applications("acme").expect("apps");
     assert_eq!(apps.len(), 1, "exactly one application: {apps:?}");
     assert_eq!(apps[0].name, format!("carerix-operator.{ns}.acme"));
     let hooks = sim.sim().webhooks("acme", Some(&apps[0].id)).expect("webhooks");
     assert_eq!(hooks.len(), 2);
-    let candidates = hooks
-        .iter()
-        .find(|h| h.url == "https://automations.example.com/carerix")
-        .expect("explicit url");
+    let candidates =
+        hooks.iter().find(|h| h.url == "https://automations.example.com/carerix").expect("explicit url");
     assert_eq!(candidates.status, WebhookStatus::Enabled);
     let events: Vec<String> = candidates
         .filters
@@ -151,18 +133,9 @@ async fn a_secret_and_a_connection_become_ready_with_the_webhooks_in_carerix() {
         .filter_map(|f| f.get("eventType").and_then(|e| e.as_str()).map(String::from))
         .collect();
     assert_eq!(events, vec!["cremployee:created", "cremployee:updated"]);
-    assert_eq!(
-        candidates.custom_headers,
-        vec![json!({"name": "x-api-key", "value": "hook-token-value"})]
-    );
-    let receiver = hooks
-        .iter()
-        .find(|h| h.url != candidates.url)
-        .expect("receiver webhook");
-    assert_eq!(
-        receiver.url,
-        format!("http://127.0.0.1:{}/webhooks/{ns}/acme", op.port)
-    );
+    assert_eq!(candidates.custom_headers, vec![json!({"name": "x-api-key", "value": "hook-token-value"})]);
+    let receiver = hooks.iter().find(|h| h.url != candidates.url).expect("receiver webhook");
+    assert_eq!(receiver.url, format!("http://127.0.0.1:{}/webhooks/{ns}/acme", op.port));
 
     // kubectl get shows it.
     let out = cp.kubectl(&["get", "cxc", "-n", &ns, "-o", "wide"]);
@@ -178,47 +151,18 @@ async fn a_missing_secret_says_so_and_creating_it_makes_the_connection_ready() {
     let ns = cp.namespace("nosecret");
     let _op = Operator::start(cp, &[&ns], &[]);
     let webhooks = json!([{"name": "m", "events": ["crmatch:created"], "url": "https://x.example.com/h"}]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "later", webhooks),
-    )
-    .await;
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "False",
-        Some("SecretNotFound"),
-        READY_TIMEOUT,
-    )
-    .await;
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "later", webhooks)).await;
+    let obj =
+        wait_condition(&client, &ns, "acme", "Ready", "False", Some("SecretNotFound"), READY_TIMEOUT).await;
     let (_, _, message) = condition(&obj, "Ready").expect("ready");
-    assert!(
-        message.contains("later") && message.contains("clientId"),
-        "{message}"
-    );
+    assert!(message.contains("later") && message.contains("clientId"), "{message}");
     assert_eq!(condition(&obj, "Stalled").map(|c| c.0).as_deref(), Some("True"));
     let generation = obj.metadata.generation;
 
-    put_secret(
-        &client,
-        &ns,
-        "later",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
+    put_secret(&client, &ns, "later", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
     let obj = wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
-    assert_eq!(
-        obj.metadata.generation, generation,
-        "the resource itself was not touched"
-    );
-    assert!(
-        condition(&obj, "Stalled").is_none(),
-        "Stalled is present only while True"
-    );
+    assert_eq!(obj.metadata.generation, generation, "the resource itself was not touched");
+    assert!(condition(&obj, "Stalled").is_none(), "Stalled is present only while True");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,80 +171,28 @@ async fn a_wrong_secret_stalls_with_invalid_client_and_rotating_it_recovers() {
     let client = cp.client().await;
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "right")]).await;
     let ns = cp.namespace("badsecret");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[
-            ("clientId", "acme-client"),
-            ("clientSecret", "wrong-secret-value"),
-        ],
-    )
-    .await;
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "wrong-secret-value")])
+        .await;
     let _op = Operator::start(cp, &[&ns], &[]);
     let webhooks = json!([{"name": "m", "events": ["crmatch:created"], "url": "https://x.example.com/h"}]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "creds", webhooks),
-    )
-    .await;
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "False",
-        Some("InvalidClient"),
-        READY_TIMEOUT,
-    )
-    .await;
-    assert_eq!(
-        condition(&obj, "Stalled").map(|c| c.1).as_deref(),
-        Some("InvalidClient")
-    );
-    assert_eq!(
-        condition(&obj, "CredentialsValid").map(|c| c.0).as_deref(),
-        Some("False")
-    );
-    let yaml = String::from_utf8_lossy(
-        &cp.kubectl(&["get", "cxc", "acme", "-n", &ns, "-o", "yaml"])
-            .stdout,
-    )
-    .to_string();
-    assert!(
-        !yaml.contains("wrong-secret-value"),
-        "the secret must never reach the status"
-    );
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "creds", webhooks)).await;
+    let obj =
+        wait_condition(&client, &ns, "acme", "Ready", "False", Some("InvalidClient"), READY_TIMEOUT).await;
+    assert_eq!(condition(&obj, "Stalled").map(|c| c.1).as_deref(), Some("InvalidClient"));
+    assert_eq!(condition(&obj, "CredentialsValid").map(|c| c.0).as_deref(), Some("False"));
+    let yaml = String::from_utf8_lossy(&cp.kubectl(&["get", "cxc", "acme", "-n", &ns, "-o", "yaml"]).stdout)
+        .to_string();
+    assert!(!yaml.contains("wrong-secret-value"), "the secret must never reach the status");
 
     // Stalled means no retry storm: the token endpoint is not hammered while nothing changes.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let tokens_before = sim
-        .sim()
-        .request_log()
-        .iter()
-        .filter(|r| r.operation == "token")
-        .count();
+    let tokens_before = sim.sim().request_log().iter().filter(|r| r.operation == "token").count();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let tokens_after = sim
-        .sim()
-        .request_log()
-        .iter()
-        .filter(|r| r.operation == "token")
-        .count();
-    assert!(
-        tokens_after - tokens_before <= 1,
-        "a stalled connection kept asking for tokens"
-    );
+    let tokens_after = sim.sim().request_log().iter().filter(|r| r.operation == "token").count();
+    assert!(tokens_after - tokens_before <= 1, "a stalled connection kept asking for tokens");
 
-    let rotated = put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "right")],
-    )
-    .await;
+    let rotated =
+        put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "right")]).await;
     let obj = wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     let status = obj.status.expect("status");
     assert_eq!(
@@ -312,36 +204,12 @@ async fn a_wrong_secret_stalls_with_invalid_client_and_rotating_it_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_not_activated_explains_what_to_do_and_a_requested_reconcile_recovers() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", false)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("notactivated");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let _op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, _op) = start("notactivated", false).await;
     let webhooks = json!([{"name": "m", "events": ["crmatch:created"], "url": "https://x.example.com/h"}]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "creds", webhooks),
-    )
-    .await;
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "False",
-        Some("WebhooksNotActivated"),
-        READY_TIMEOUT,
-    )
-    .await;
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "creds", webhooks)).await;
+    let obj =
+        wait_condition(&client, &ns, "acme", "Ready", "False", Some("WebhooksNotActivated"), READY_TIMEOUT)
+            .await;
     let (_, _, message) = condition(&obj, "Ready").expect("ready");
     assert!(
         message.contains("ask Carerix support") && message.contains("urn:cx/webhooks:data:manage"),
@@ -359,26 +227,18 @@ async fn webhooks_not_activated_explains_what_to_do_and_a_requested_reconcile_re
     .await
     .expect("annotate");
     let obj = wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
-    assert_eq!(
-        obj.status.and_then(|s| s.last_handled_reconcile_at).as_deref(),
-        Some(stamp)
-    );
+    assert_eq!(obj.status.and_then(|s| s.last_handled_reconcile_at).as_deref(), Some(stamp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_are_untouched() {
     let cp = control_plane();
     let client = cp.client().await;
-    let sim = emulator(
-        &[("acme", true)],
-        &[("acme", "acme-client", "s3cret"), ("acme", "other-client", "o")],
-    )
-    .await;
-    let other_app = sim
-        .sim()
-        .create_application("acme", "other-client", "someone-else")
-        .await
-        .expect("other app");
+    let sim =
+        emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret"), ("acme", "other-client", "o")])
+            .await;
+    let other_app =
+        sim.sim().create_application("acme", "other-client", "someone-else").await.expect("other app");
     let other_hook = sim
         .sim()
         .create_webhook(
@@ -388,30 +248,16 @@ async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_a
             &json!({"_kind": "Webhook", "url": "https://other.example.com", "filters": [{"eventType": "crjob:created"}]}),
         )
         .expect("other webhook");
-    sim.sim()
-        .set_webhook_status("acme", None, &other_hook.id, WebhookStatus::Disabled)
-        .expect("disable");
+    sim.sim().set_webhook_status("acme", None, &other_hook.id, WebhookStatus::Disabled).expect("disable");
 
     let ns = cp.namespace("drift");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
     let _op = Operator::start(cp, &[&ns], &[]);
     let webhooks = json!([
         {"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"},
         {"name": "b", "events": ["crjob:updated"], "url": "https://x.example.com/b"}
     ]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "creds", webhooks),
-    )
-    .await;
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "creds", webhooks)).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     let ours = sim
         .sim()
@@ -426,9 +272,7 @@ async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_a
 
     // Someone deletes one and disables the other in Carerix.
     sim.sim().delete_webhook("acme", None, &a.id).expect("delete a");
-    sim.sim()
-        .set_webhook_status("acme", None, &b.id, WebhookStatus::Disabled)
-        .expect("disable b");
+    sim.sim().set_webhook_status("acme", None, &b.id, WebhookStatus::Disabled).expect("disable b");
 
     support::eventually("the webhooks to be repaired", Duration::from_secs(30), || {
         let sim = sim.sim_arc();
@@ -436,20 +280,15 @@ async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_a
         let b_id = b.id.clone();
         async move {
             let hooks = sim.webhooks("acme", Some(&app)).ok()?;
-            let a_back = hooks
-                .iter()
-                .any(|h| h.url.ends_with("/a") && h.status == WebhookStatus::Enabled);
-            let b_on = hooks
-                .iter()
-                .any(|h| h.id == b_id && h.status == WebhookStatus::Enabled);
+            let a_back = hooks.iter().any(|h| h.url.ends_with("/a") && h.status == WebhookStatus::Enabled);
+            let b_on = hooks.iter().any(|h| h.id == b_id && h.status == WebhookStatus::Enabled);
             (a_back && b_on && hooks.len() == 2).then_some(())
         }
     })
     .await;
-    for (reason, note) in [
-        ("WebhookReenabled", "re-enabled webhook b"),
-        ("WebhookRecreated", "re-created webhook a"),
-    ] {
+    for (reason, note) in
+        [("WebhookReenabled", "re-enabled webhook b"), ("WebhookRecreated", "re-created webhook a")]
+    {
         let events = support::eventually(&format!("a {reason} event"), Duration::from_secs(15), || {
             let client = client.clone();
             let ns = ns.clone();
@@ -463,39 +302,15 @@ async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_a
         assert!(notes.iter().any(|n| n.contains(note)), "{notes:?}");
     }
 
-    let other = sim
-        .sim()
-        .webhooks("acme", Some(&other_app.id))
-        .expect("other hooks");
+    let other = sim.sim().webhooks("acme", Some(&other_app.id)).expect("other hooks");
     assert_eq!(other.len(), 1);
-    assert_eq!(
-        other[0].status,
-        WebhookStatus::Disabled,
-        "another client's webhook was touched"
-    );
-    assert!(
-        sim.sim()
-            .applications("acme")
-            .expect("apps")
-            .iter()
-            .any(|a| a.id == other_app.id)
-    );
+    assert_eq!(other[0].status, WebhookStatus::Disabled, "another client's webhook was touched");
+    assert!(sim.sim().applications("acme").expect("apps").iter().any(|a| a.id == other_app.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_replaces_the_affected_webhook_and_observed_generation_follows() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("change");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let _op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, _op) = start("change", true).await;
     let url = sim.base_url().to_string();
     let before = json!([
         {"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"},
@@ -504,16 +319,8 @@ async fn a_spec_change_replaces_the_affected_webhook_and_observed_generation_fol
     apply_connection(&client, &ns, "acme", spec(&url, "acme", "creds", before)).await;
     let obj = wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     let items = obj.status.and_then(|s| s.webhooks).expect("webhooks").items;
-    let old_a = items
-        .iter()
-        .find(|i| i.name == "a")
-        .and_then(|i| i.id.clone())
-        .expect("a id");
-    let old_b = items
-        .iter()
-        .find(|i| i.name == "b")
-        .and_then(|i| i.id.clone())
-        .expect("b id");
+    let old_a = items.iter().find(|i| i.name == "a").and_then(|i| i.id.clone()).expect("a id");
+    let old_b = items.iter().find(|i| i.name == "b").and_then(|i| i.id.clone()).expect("b id");
 
     let after = json!([
         {"name": "a", "events": ["crmatch:created", "crmatch:updated"], "url": "https://x.example.com/a"},
@@ -531,46 +338,20 @@ async fn a_spec_change_replaces_the_affected_webhook_and_observed_generation_fol
         }
     })
     .await;
-    let ready = obj
-        .status
-        .as_ref()
-        .expect("status")
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .cloned();
+    let ready = obj.status.as_ref().expect("status").conditions.iter().find(|c| c.type_ == "Ready").cloned();
     assert_eq!(ready.and_then(|c| c.observed_generation), generation);
     let items = obj.status.and_then(|s| s.webhooks).expect("webhooks").items;
     let new_a = items.iter().find(|i| i.name == "a").expect("a");
-    assert_ne!(
-        new_a.id.as_deref(),
-        Some(old_a.as_str()),
-        "a changed, so it was replaced"
-    );
+    assert_ne!(new_a.id.as_deref(), Some(old_a.as_str()), "a changed, so it was replaced");
     assert_eq!(new_a.events, vec!["crmatch:created", "crmatch:updated"]);
-    assert_eq!(
-        items.iter().find(|i| i.name == "b").and_then(|i| i.id.clone()),
-        Some(old_b),
-        "b was kept"
-    );
+    assert_eq!(items.iter().find(|i| i.name == "b").and_then(|i| i.id.clone()), Some(old_b), "b was kept");
     let all = sim.sim().webhooks("acme", None).expect("hooks");
     assert_eq!(all.len(), 2, "the old a is gone: {all:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_removes_our_webhooks_and_orphan_leaves_them() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("delete");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let _op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, _op) = start("delete", true).await;
     let url = sim.base_url().to_string();
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
     apply_connection(&client, &ns, "gone", spec(&url, "acme", "creds", hooks.clone())).await;
@@ -583,75 +364,32 @@ async fn deletion_removes_our_webhooks_and_orphan_leaves_them() {
 
     delete_connection(&client, &ns, "gone").await;
     delete_connection(&client, &ns, "kept").await;
-    support::eventually("both resources to be gone", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            let a = get_connection(&client, &ns, "gone").await;
-            let b = get_connection(&client, &ns, "kept").await;
-            (a.is_none() && b.is_none()).then_some(())
-        }
-    })
-    .await;
+    wait_gone(&client, &ns, "gone", READY_TIMEOUT).await;
+    wait_gone(&client, &ns, "kept", READY_TIMEOUT).await;
     let apps = sim.sim().applications("acme").expect("apps");
     assert_eq!(apps.len(), 1, "{apps:?}");
-    assert_eq!(
-        apps[0].name,
-        format!("carerix-operator.{ns}.kept"),
-        "Orphan left its application"
-    );
+    assert_eq!(apps[0].name, format!("carerix-operator.{ns}.kept"), "Orphan left its application");
     assert_eq!(sim.sim().webhooks("acme", None).expect("hooks").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_credentials_block_cleanup_and_switching_to_orphan_finishes_the_deletion() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("blocked");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let _op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, _op) = start("blocked", true).await;
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "creds", hooks),
-    )
-    .await;
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "creds", hooks)).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
 
     sim.sim().revoke_client("acme-client").expect("revoke");
     sim.sim().expire_tokens();
     delete_connection(&client, &ns, "acme").await;
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "False",
-        Some("CleanupBlocked"),
-        READY_TIMEOUT,
-    )
-    .await;
+    let obj =
+        wait_condition(&client, &ns, "acme", "Ready", "False", Some("CleanupBlocked"), READY_TIMEOUT).await;
     let (_, _, message) = condition(&obj, "Ready").expect("ready");
-    assert!(
-        message.contains("deletionPolicy") && message.contains("Orphan"),
-        "{message}"
-    );
-    assert_eq!(
-        condition(&obj, "Stalled").map(|c| c.1).as_deref(),
-        Some("CleanupBlocked")
-    );
+    assert!(message.contains("deletionPolicy") && message.contains("Orphan"), "{message}");
+    assert_eq!(condition(&obj, "Stalled").map(|c| c.1).as_deref(), Some("CleanupBlocked"));
 
     // The documented way out.
-    let out = cp.kubectl(&[
+    let out = control_plane().kubectl(&[
         "patch",
         "carerixconnection",
         "acme",
@@ -663,47 +401,18 @@ async fn revoked_credentials_block_cleanup_and_switching_to_orphan_finishes_the_
         r#"{"spec":{"deletionPolicy":"Orphan"}}"#,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    support::eventually("the resource to be gone", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move { get_connection(&client, &ns, "acme").await.is_none().then_some(()) }
-    })
-    .await;
-    assert_eq!(
-        sim.sim().applications("acme").expect("apps").len(),
-        1,
-        "Orphan leaves the application"
-    );
+    wait_gone(&client, &ns, "acme", READY_TIMEOUT).await;
+    assert_eq!(sim.sim().applications("acme").expect("apps").len(), 1, "Orphan leaves the application");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_connection_sends_nothing_to_carerix_and_can_still_be_deleted() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("suspend");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let _op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, _op) = start("suspend", true).await;
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
     let mut s = spec(sim.base_url().as_str(), "acme", "creds", hooks);
     s["suspend"] = json!(true);
     apply_connection(&client, &ns, "acme", s).await;
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "False",
-        Some("Suspended"),
-        READY_TIMEOUT,
-    )
-    .await;
+    let obj = wait_condition(&client, &ns, "acme", "Ready", "False", Some("Suspended"), READY_TIMEOUT).await;
     assert!(condition(&obj, "Stalled").is_none());
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(
@@ -713,12 +422,7 @@ async fn a_suspended_connection_sends_nothing_to_carerix_and_can_still_be_delete
     );
 
     delete_connection(&client, &ns, "acme").await;
-    support::eventually("the resource to be gone", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move { get_connection(&client, &ns, "acme").await.is_none().then_some(()) }
-    })
-    .await;
+    wait_gone(&client, &ns, "acme", READY_TIMEOUT).await;
     assert!(sim.sim().applications("acme").expect("apps").is_empty());
 }
 
@@ -728,13 +432,7 @@ async fn carerix_errors_back_off_with_a_reason_that_says_so_and_recover() {
     let client = cp.client().await;
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
     let ns = cp.namespace("faults");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
+    put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
     sim.sim().inject_fault(Fault {
         kind: FaultKind::Status { status: 503 },
         count: None,
@@ -742,45 +440,18 @@ async fn carerix_errors_back_off_with_a_reason_that_says_so_and_recover() {
     });
     let _op = Operator::start(cp, &[&ns], &[]);
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "creds", hooks),
-    )
-    .await;
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "False",
-        Some("CarerixUnavailable"),
-        READY_TIMEOUT,
-    )
-    .await;
-    assert_eq!(
-        condition(&obj, "Reconciling").map(|c| c.1).as_deref(),
-        Some("CarerixUnavailable")
-    );
-    assert!(
-        condition(&obj, "Stalled").is_none(),
-        "a 5xx is worth retrying: not Stalled"
-    );
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "creds", hooks)).await;
+    let obj =
+        wait_condition(&client, &ns, "acme", "Ready", "False", Some("CarerixUnavailable"), READY_TIMEOUT)
+            .await;
+    assert_eq!(condition(&obj, "Reconciling").map(|c| c.1).as_deref(), Some("CarerixUnavailable"));
+    assert!(condition(&obj, "Stalled").is_none(), "a 5xx is worth retrying: not Stalled");
 
     // Over 12 s of outage the backoff (1 s doubling to 4 s, with 2 client retries per pass)
     // keeps the number of requests small.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let during = sim
-        .sim()
-        .request_log()
-        .iter()
-        .filter(|r| r.path.starts_with("/webhooks"))
-        .count();
-    assert!(
-        during <= 30,
-        "{during} requests during the outage: the backoff does not hold"
-    );
+    let during = sim.sim().request_log().iter().filter(|r| r.path.starts_with("/webhooks")).count();
+    assert!(during <= 30, "{during} requests during the outage: the backoff does not hold");
 
     sim.sim().clear_faults();
     sim.sim().inject_fault(Fault {
@@ -793,18 +464,7 @@ async fn carerix_errors_back_off_with_a_reason_that_says_so_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_steady_state_neither_the_status_nor_carerix_is_written() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("steady");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let _op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, _op) = start("steady", true).await;
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
     let mut s = spec(sim.base_url().as_str(), "acme", "creds", hooks);
     s["interval"] = json!("2s");
@@ -822,42 +482,18 @@ async fn in_steady_state_neither_the_status_nor_carerix_is_written() {
         after.resource_version(),
         "the status was rewritten with nothing changed"
     );
-    assert_eq!(
-        writes(sim.sim(), "acme-client"),
-        writes_before,
-        "Carerix was written with nothing changed"
-    );
-    assert!(
-        sim.sim().request_log().len() > reads_before,
-        "the interval keeps checking Carerix"
-    );
+    assert_eq!(writes(sim.sim(), "acme-client"), writes_before, "Carerix was written with nothing changed");
+    assert!(sim.sim().request_log().len() > reads_before, "the interval keeps checking Carerix");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_operator_adopts_what_exists_without_duplicates() {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
-    let ns = cp.namespace("restart");
-    put_secret(
-        &client,
-        &ns,
-        "creds",
-        &[("clientId", "acme-client"), ("clientSecret", "s3cret")],
-    )
-    .await;
-    let mut op = Operator::start(cp, &[&ns], &[]);
+    let (client, sim, ns, mut op) = start("restart", true).await;
     let hooks = json!([
         {"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"},
         {"name": "b", "events": ["crjob:created"], "url": "https://x.example.com/b"}
     ]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        spec(sim.base_url().as_str(), "acme", "creds", hooks),
-    )
-    .await;
+    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str(), "acme", "creds", hooks)).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     let writes_before = writes(sim.sim(), "acme-client");
 
@@ -866,11 +502,7 @@ async fn a_restarted_operator_adopts_what_exists_without_duplicates() {
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     assert_eq!(sim.sim().applications("acme").expect("apps").len(), 1);
     assert_eq!(sim.sim().webhooks("acme", None).expect("hooks").len(), 2);
-    assert_eq!(
-        writes(sim.sim(), "acme-client"),
-        writes_before,
-        "the restart wrote to Carerix"
-    );
+    assert_eq!(writes(sim.sim(), "acme-client"), writes_before, "the restart wrote to Carerix");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -879,58 +511,22 @@ async fn two_tenants_and_a_bad_connection_do_not_disturb_each_other() {
     let client = cp.client().await;
     let sim = emulator(
         &[("acme", true), ("globex", true)],
-        &[
-            ("acme", "acme-client", "a-secret"),
-            ("globex", "globex-client", "g-secret"),
-        ],
+        &[("acme", "acme-client", "a-secret"), ("globex", "globex-client", "g-secret")],
     )
     .await;
     let ns = cp.namespace("multi");
-    put_secret(
-        &client,
-        &ns,
-        "acme",
-        &[("clientId", "acme-client"), ("clientSecret", "a-secret")],
-    )
-    .await;
-    put_secret(
-        &client,
-        &ns,
-        "globex",
-        &[("clientId", "globex-client"), ("clientSecret", "g-secret")],
-    )
-    .await;
-    put_secret(
-        &client,
-        &ns,
-        "broken",
-        &[("clientId", "globex-client"), ("clientSecret", "nope")],
-    )
-    .await;
+    put_secret(&client, &ns, "acme", &[("clientId", "acme-client"), ("clientSecret", "a-secret")]).await;
+    put_secret(&client, &ns, "globex", &[("clientId", "globex-client"), ("clientSecret", "g-secret")]).await;
+    put_secret(&client, &ns, "broken", &[("clientId", "globex-client"), ("clientSecret", "nope")]).await;
     let _op = Operator::start(cp, &[&ns], &[]);
     let url = sim.base_url().to_string();
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
     apply_connection(&client, &ns, "acme", spec(&url, "acme", "acme", hooks.clone())).await;
-    apply_connection(
-        &client,
-        &ns,
-        "globex",
-        spec(&url, "globex", "globex", hooks.clone()),
-    )
-    .await;
+    apply_connection(&client, &ns, "globex", spec(&url, "globex", "globex", hooks.clone())).await;
     apply_connection(&client, &ns, "broken", spec(&url, "globex", "broken", hooks)).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     wait_condition(&client, &ns, "globex", "Ready", "True", None, READY_TIMEOUT).await;
-    wait_condition(
-        &client,
-        &ns,
-        "broken",
-        "Ready",
-        "False",
-        Some("InvalidClient"),
-        READY_TIMEOUT,
-    )
-    .await;
+    wait_condition(&client, &ns, "broken", "Ready", "False", Some("InvalidClient"), READY_TIMEOUT).await;
     assert_eq!(sim.sim().applications("acme").expect("apps").len(), 1);
     assert_eq!(sim.sim().applications("globex").expect("apps").len(), 1);
     let acme_apps = sim.sim().applications("acme").expect("apps");

@@ -15,9 +15,8 @@ use support::{
 };
 
 async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL reachable");
+    let (client, conn) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL reachable");
     tokio::spawn(conn);
     client
 }
@@ -31,15 +30,8 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
     config.same_second_burst = 120;
     // A slow tenant, so the initial pass lasts long enough to be seen in the status.
     config.rate_limit_per_sec = 4;
-    config.tenants.push(TenantConfig {
-        name: "acme".into(),
-        webhooks_activated: true,
-    });
-    config.clients.push(ClientConfig {
-        tenant: "acme".into(),
-        client_id: "c".into(),
-        secret: "s".into(),
-    });
+    config.tenants.push(TenantConfig { name: "acme".into(), webhooks_activated: true });
+    config.clients.push(ClientConfig { tenant: "acme".into(), client_id: "c".into(), secret: "s".into() });
     let sim = carerix_sim::spawn(config).await.expect("emulator");
     let url = sim.base_url().as_str().trim_end_matches('/').to_string();
     let db_url = sync_common::postgres_url();
@@ -79,43 +71,21 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
     )
     .await;
     assert_eq!(condition(&obj, "Ready").map(|c| c.0).as_deref(), Some("False"));
-    assert_eq!(
-        condition(&obj, "Reconciling").map(|c| c.1).as_deref(),
-        Some("InitialSyncInProgress")
-    );
+    assert_eq!(condition(&obj, "Reconciling").map(|c| c.1).as_deref(), Some("InitialSyncInProgress"));
 
-    let obj = wait_condition(
-        &client,
-        &ns,
-        "acme",
-        "Ready",
-        "True",
-        None,
-        Duration::from_secs(240),
-    )
-    .await;
-    assert_eq!(
-        condition(&obj, "DataSynced").map(|c| c.0).as_deref(),
-        Some("True")
-    );
+    let obj = wait_condition(&client, &ns, "acme", "Ready", "True", None, Duration::from_secs(240)).await;
+    assert_eq!(condition(&obj, "DataSynced").map(|c| c.0).as_deref(), Some("True"));
     let sync = obj.status.and_then(|s| s.sync).expect("status.sync");
     assert_eq!(sync.entities.len(), 7);
-    assert!(
-        sync.entities
-            .iter()
-            .all(|e| e.phase == "Incremental" && e.watermark.is_some()),
-        "{sync:?}"
-    );
+    assert!(sync.entities.iter().all(|e| e.phase == "Incremental" && e.watermark.is_some()), "{sync:?}");
 
     // The sink holds what Carerix holds, under this connection's key.
     let db = pg(&db_url).await;
     let connection = format!("{ns}/acme");
     let mut expected_total = 0;
-    for (table, kind) in [
-        ("candidates", "candidates"),
-        ("matches", "matches"),
-        ("publications", "publications"),
-    ] {
+    for (table, kind) in
+        [("candidates", "candidates"), ("matches", "matches"), ("publications", "publications")]
+    {
         let records = sim
             .sim()
             .list_records("acme", carerix_sim::Entity::parse(kind).expect("entity"))
@@ -160,19 +130,9 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(
-        fresh,
-        "the delivery did not update the row within 10 s (the sync interval is 1 m)"
-    );
-    let accepted = sim
-        .sim()
-        .delivery_log()
-        .iter()
-        .any(|d| d.status_code == Some(200) && d.url.contains("/webhooks/"));
-    assert!(
-        accepted,
-        "the receiver acknowledged the delivery: {:?}",
-        sim.sim().delivery_log()
-    );
+    assert!(fresh, "the delivery did not update the row within 10 s (the sync interval is 1 m)");
+    let accepted =
+        sim.sim().delivery_log().iter().any(|d| d.status_code == Some(200) && d.url.contains("/webhooks/"));
+    assert!(accepted, "the receiver acknowledged the delivery: {:?}", sim.sim().delivery_log());
     assert!(get_connection(&client, &ns, "acme").await.is_some());
 }

@@ -15,10 +15,7 @@ use support::{ControlPlane, control_plane, helm, repo_root};
 const RELEASE: &str = "carerix-operator";
 
 fn chart() -> String {
-    repo_root()
-        .join("charts/carerix-operator")
-        .to_string_lossy()
-        .into_owned()
+    repo_root().join("charts/carerix-operator").to_string_lossy().into_owned()
 }
 
 fn stderr(out: &Output) -> String {
@@ -37,11 +34,7 @@ fn render(release: &str, namespace: &str, sets: &[&str]) -> String {
         args.extend(["--set", set]);
     }
     let out = helm(&args);
-    assert!(
-        out.status.success(),
-        "helm template {sets:?} failed:\n{}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "helm template {sets:?} failed:\n{}", stderr(&out));
     stdout(&out)
 }
 
@@ -54,9 +47,7 @@ fn documents(yaml: &str) -> Vec<Value> {
 }
 
 fn kinds(docs: &[Value]) -> Vec<String> {
-    docs.iter()
-        .map(|d| d["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
+    docs.iter().map(|d| d["kind"].as_str().unwrap_or_default().to_string()).collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -95,22 +86,14 @@ spec:
           x-kubernetes-preserve-unknown-fields: true
 "#;
     let out = cp.kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], CRD);
-    assert!(
-        out.status.success(),
-        "installing the ServiceMonitor CRD: {}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "installing the ServiceMonitor CRD: {}", stderr(&out));
     let out = cp.kubectl(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/servicemonitors.monitoring.coreos.com",
     ]);
-    assert!(
-        out.status.success(),
-        "the ServiceMonitor CRD was not established: {}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "the ServiceMonitor CRD was not established: {}", stderr(&out));
     for _ in 0..100 {
         let out = cp.kubectl(&["get", "--raw", "/apis/monitoring.coreos.com/v1"]);
         if out.status.success() && stdout(&out).contains("\"servicemonitors\"") {
@@ -140,12 +123,7 @@ fn helm_lint_passes_also_with_strict() {
         let mut args = args.clone();
         args.push(&chart);
         let out = helm(&args);
-        assert!(
-            out.status.success(),
-            "helm {args:?} failed:\n{}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        assert!(out.status.success(), "helm {args:?} failed:\n{}{}", stdout(&out), stderr(&out));
     }
 }
 
@@ -163,12 +141,7 @@ fn helm_lint_strict_passes_with_every_optional_object_enabled() {
         "--set",
         "watchNamespaces={team-a,team-b}",
     ]);
-    assert!(
-        out.status.success(),
-        "helm lint --strict failed:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "helm lint --strict failed:\n{}{}", stdout(&out), stderr(&out));
 }
 
 // === template ===
@@ -178,16 +151,7 @@ fn the_default_render_is_a_hardened_cluster_wide_operator() {
     let docs = documents(&render(RELEASE, "carerix-system", &[]));
     let mut kinds = kinds(&docs);
     kinds.sort();
-    assert_eq!(
-        kinds,
-        [
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Deployment",
-            "Service",
-            "ServiceAccount"
-        ]
-    );
+    assert_eq!(kinds, ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]);
 
     let deployment = find(&docs, "Deployment")[0];
     let pod = &deployment["spec"]["template"]["spec"];
@@ -209,33 +173,20 @@ fn the_default_render_is_a_hardened_cluster_wide_operator() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["ports"][0]["containerPort"], 8080);
     assert_eq!(container["ports"][0]["name"], "http");
-    assert!(
-        container["resources"]["requests"]["memory"].is_string(),
-        "resources are set"
-    );
+    assert!(container["resources"]["requests"]["memory"].is_string(), "resources are set");
 
     assert_eq!(env(deployment, "LOG_FORMAT")["value"], "json");
     assert_eq!(env(deployment, "LOG_LEVEL")["value"], "info");
     assert_eq!(env(deployment, "WATCH_NAMESPACES")["value"], "");
     assert_eq!(env(deployment, "LEADER_ELECT")["value"], "false");
     assert_eq!(env(deployment, "CARERIX_RATE_LIMIT")["value"], "10");
-    assert_eq!(
-        env(deployment, "RECEIVER_BASE_URL"),
-        Value::Null,
-        "no receiver URL unless one is known"
-    );
+    assert_eq!(env(deployment, "RECEIVER_BASE_URL"), Value::Null, "no receiver URL unless one is known");
     assert_eq!(
         env(deployment, "LEASE_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
     );
-    assert_eq!(
-        env(deployment, "POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.namespace"
-    );
-    assert_eq!(
-        env(deployment, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.name"
-    );
+    assert_eq!(env(deployment, "POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(env(deployment, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
 
     let service = find(&docs, "Service")[0];
     assert_eq!(service["spec"]["ports"][0]["name"], "http");
@@ -255,43 +206,21 @@ fn more_than_one_replica_turns_leader_election_on_with_a_lease_role_in_the_relea
     assert_eq!(roles.len(), 1, "only the Lease role is namespaced");
     assert_eq!(roles[0]["metadata"]["namespace"], "carerix-system");
     let text = serde_json::to_string(roles[0]).unwrap_or_default();
-    assert!(
-        text.contains("coordination.k8s.io") && text.contains("leases"),
-        "{text}"
-    );
+    assert!(text.contains("coordination.k8s.io") && text.contains("leases"), "{text}");
 }
 
 #[test]
 fn a_namespaced_install_has_a_role_per_watched_namespace_and_no_cluster_role() {
-    let docs = documents(&render(
-        RELEASE,
-        "carerix-system",
-        &["watchNamespaces={team-a,team-b}"],
-    ));
-    assert!(
-        find(&docs, "ClusterRole").is_empty(),
-        "no ClusterRole in namespaced mode"
-    );
-    assert!(
-        find(&docs, "ClusterRoleBinding").is_empty(),
-        "no ClusterRoleBinding in namespaced mode"
-    );
-    let namespaces: Vec<&str> = find(&docs, "Role")
-        .iter()
-        .filter_map(|r| r["metadata"]["namespace"].as_str())
-        .collect();
+    let docs = documents(&render(RELEASE, "carerix-system", &["watchNamespaces={team-a,team-b}"]));
+    assert!(find(&docs, "ClusterRole").is_empty(), "no ClusterRole in namespaced mode");
+    assert!(find(&docs, "ClusterRoleBinding").is_empty(), "no ClusterRoleBinding in namespaced mode");
+    let namespaces: Vec<&str> =
+        find(&docs, "Role").iter().filter_map(|r| r["metadata"]["namespace"].as_str()).collect();
     assert_eq!(namespaces, ["team-a", "team-b"]);
     let bindings = find(&docs, "RoleBinding");
     assert_eq!(bindings.len(), 2);
-    assert!(
-        bindings
-            .iter()
-            .all(|b| b["subjects"][0]["namespace"] == "carerix-system")
-    );
-    assert_eq!(
-        env(find(&docs, "Deployment")[0], "WATCH_NAMESPACES")["value"],
-        "team-a,team-b"
-    );
+    assert!(bindings.iter().all(|b| b["subjects"][0]["namespace"] == "carerix-system"));
+    assert_eq!(env(find(&docs, "Deployment")[0], "WATCH_NAMESPACES")["value"], "team-a,team-b");
 }
 
 #[test]
@@ -308,23 +237,12 @@ fn the_optional_objects_render_when_enabled() {
             "ingress.host=hooks.example.com",
         ],
     ));
-    for kind in [
-        "ServiceMonitor",
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-        "Ingress",
-    ] {
+    for kind in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "Ingress"] {
         assert_eq!(find(&docs, kind).len(), 1, "one {kind}");
     }
     let policy = find(&docs, "NetworkPolicy")[0];
     let egress = serde_json::to_string(&policy["spec"]["egress"]).unwrap_or_default();
-    for expected in [
-        "\"port\":53",
-        "\"port\":443",
-        "\"port\":6443",
-        "10.0.0.1/32",
-        "\"port\":5432",
-    ] {
+    for expected in ["\"port\":53", "\"port\":443", "\"port\":6443", "10.0.0.1/32", "\"port\":5432"] {
         assert!(egress.contains(expected), "egress lacks {expected}: {egress}");
     }
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "http");
@@ -356,10 +274,7 @@ fn a_namespaced_render_is_accepted_by_the_api_server() {
     let a = cp.namespace("chart-ns-a");
     let b = cp.namespace("chart-ns-b");
     let set = format!("watchNamespaces={{{a},{b}}}");
-    dry_run(
-        cp,
-        &render(&format!("cx-{ns}"), &ns, &[&set, "leaderElection.enabled=true"]),
-    );
+    dry_run(cp, &render(&format!("cx-{ns}"), &ns, &[&set, "leaderElection.enabled=true"]));
 }
 
 #[test]
@@ -412,11 +327,7 @@ fn the_charts_crds_are_exactly_the_generated_crds() {
     );
     let charted = yaml_files(repo_root().join("charts/carerix-operator/crds"));
     let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        names(&charted),
-        names(&generated),
-        "the chart's crds/ has other files than crds/"
-    );
+    assert_eq!(names(&charted), names(&generated), "the chart's crds/ has other files than crds/");
     for ((name, chart), (_, crd)) in charted.iter().zip(&generated) {
         assert!(
             chart == crd,
@@ -431,10 +342,7 @@ fn the_values_schema_refuses_a_log_format_that_does_not_exist() {
     let out = helm(&["template", RELEASE, &chart, "--set", "logFormat=yaml"]);
     assert!(!out.status.success(), "logFormat=yaml was accepted");
     let err = stderr(&out);
-    assert!(
-        err.contains("logFormat"),
-        "the error does not name logFormat: {err}"
-    );
+    assert!(err.contains("logFormat"), "the error does not name logFormat: {err}");
 }
 
 #[test]
@@ -461,17 +369,10 @@ struct Identity<'a> {
 impl<'a> Identity<'a> {
     fn service_account(cp: &'a ControlPlane, ns: &str, sa: &str) -> Self {
         let user = format!("system:serviceaccount:{ns}:{sa}");
-        let dir = cp
-            .kubeconfig
-            .parent()
-            .expect("the kubeconfig lives in the control plane dir");
+        let dir = cp.kubeconfig.parent().expect("the kubeconfig lives in the control plane dir");
         if !dir.join("pki/ca.key").is_file() {
             // A cluster we did not start: no CA key to issue a certificate with.
-            return Identity {
-                cp,
-                kubeconfig: None,
-                user,
-            };
+            return Identity { cp, kubeconfig: None, user };
         }
         // The script shares files in the pki dir (serial, extensions): one certificate at a time.
         static ISSUE: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -480,18 +381,9 @@ impl<'a> Identity<'a> {
             .args(["user", dir.to_str().unwrap_or_default(), &user])
             .output()
             .expect("hack/control-plane.sh could be run");
-        assert!(
-            out.status.success(),
-            "issuing a kubeconfig for {user}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        assert!(out.status.success(), "issuing a kubeconfig for {user}: {}{}", stdout(&out), stderr(&out));
         let path = PathBuf::from(stdout(&out).trim());
-        Identity {
-            cp,
-            kubeconfig: Some(path),
-            user,
-        }
+        Identity { cp, kubeconfig: Some(path), user }
     }
 
     fn can(&self, args: &[&str]) -> bool {
@@ -514,38 +406,22 @@ impl<'a> Identity<'a> {
         match stdout(&out).trim() {
             "yes" => true,
             "no" => false,
-            other => panic!(
-                "kubectl auth can-i {args:?} as {}: {other:?} {}",
-                self.user,
-                stderr(&out)
-            ),
+            other => panic!("kubectl auth can-i {args:?} as {}: {other:?} {}", self.user, stderr(&out)),
         }
     }
 
     fn assert_can(&self, args: &[&str]) {
-        assert!(
-            self.can(args),
-            "{} cannot {args:?}, but the operator needs it",
-            self.user
-        );
+        assert!(self.can(args), "{} cannot {args:?}, but the operator needs it", self.user);
     }
 
     fn assert_cannot(&self, args: &[&str]) {
-        assert!(
-            !self.can(args),
-            "{} can {args:?}, which is more than the operator needs",
-            self.user
-        );
+        assert!(!self.can(args), "{} can {args:?}, which is more than the operator needs", self.user);
     }
 }
 
 fn apply(cp: &ControlPlane, manifests: &str) {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], manifests);
-    assert!(
-        out.status.success(),
-        "applying the rendered RBAC:\n{}\n---\n{manifests}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "applying the rendered RBAC:\n{}\n---\n{manifests}", stderr(&out));
 }
 
 fn rbac_only(release: &str, ns: &str, sets: &[&str]) -> String {
@@ -556,15 +432,9 @@ fn rbac_only(release: &str, ns: &str, sets: &[&str]) -> String {
     documents(&render(release, ns, &all))
         .iter()
         .filter(|d| {
-            [
-                "ServiceAccount",
-                "ClusterRole",
-                "ClusterRoleBinding",
-                "Role",
-                "RoleBinding",
-            ]
-            .iter()
-            .any(|k| d["kind"] == *k)
+            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+                .iter()
+                .any(|k| d["kind"] == *k)
         })
         .map(|d| format!("---\n{d}\n"))
         .collect()
@@ -582,21 +452,9 @@ fn assert_operator_rights_in(sa: &Identity, ns: &str) {
         sa.assert_can(&[verb, "carerixconnections.hiredata.io", "-n", ns]);
     }
     for verb in ["get", "patch", "update"] {
-        sa.assert_can(&[
-            verb,
-            "carerixconnections.hiredata.io",
-            "--subresource=status",
-            "-n",
-            ns,
-        ]);
+        sa.assert_can(&[verb, "carerixconnections.hiredata.io", "--subresource=status", "-n", ns]);
     }
-    sa.assert_can(&[
-        "update",
-        "carerixconnections.hiredata.io",
-        "--subresource=finalizers",
-        "-n",
-        ns,
-    ]);
+    sa.assert_can(&["update", "carerixconnections.hiredata.io", "--subresource=finalizers", "-n", ns]);
     for verb in ["get", "list", "watch"] {
         sa.assert_can(&[verb, "secrets", "-n", ns]);
     }
@@ -676,10 +534,7 @@ fn the_namespaced_rbac_works_in_watched_namespaces_and_is_refused_elsewhere() {
     let unwatched = cp.namespace("rbac-ns-unwatched");
     let release = short_release(&ns);
     let set = format!("watchNamespaces={{{a},{b}}}");
-    apply(
-        cp,
-        &rbac_only(&release, &ns, &[&set, "leaderElection.enabled=true"]),
-    );
+    apply(cp, &rbac_only(&release, &ns, &[&set, "leaderElection.enabled=true"]));
     let sa = Identity::service_account(cp, &ns, &release);
 
     assert_operator_rights_in(&sa, &a);
@@ -730,21 +585,10 @@ fn the_kustomize_overlay_sets_namespace_and_tenant_and_is_accepted_by_the_api_se
     assert_eq!(connection["metadata"]["namespace"], "recruiting");
     assert_eq!(connection["spec"]["tenant"], "acme-prod");
     assert_eq!(connection["spec"]["identityUrl"], "https://id.carerix.io");
-    assert!(
-        find(&docs, "Secret")
-            .iter()
-            .all(|s| s["metadata"]["namespace"] == "recruiting")
-    );
+    assert!(find(&docs, "Secret").iter().all(|s| s["metadata"]["namespace"] == "recruiting"));
 
     // The overlay's namespace is fixed (recruiting): make sure it exists, then dry-run.
     let _ = cp.kubectl(&["create", "namespace", "recruiting"]);
-    let out = cp.kubectl_stdin(
-        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
-        &rendered,
-    );
-    assert!(
-        out.status.success(),
-        "the API server refused the overlay:\n{}",
-        stderr(&out)
-    );
+    let out = cp.kubectl_stdin(&["apply", "--server-side", "--dry-run=server", "-f", "-"], &rendered);
+    assert!(out.status.success(), "the API server refused the overlay:\n{}", stderr(&out));
 }

@@ -49,11 +49,7 @@ async fn harness(pg_url: &str, name: &str, tweak: impl FnOnce(&mut carerix_sim::
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    let app = sim
-        .sim()
-        .create_application(TENANT, CLIENT_ID, "carerix-operator")
-        .await
-        .expect("application");
+    let app = sim.sim().create_application(TENANT, CLIENT_ID, "carerix-operator").await.expect("application");
     let target = target(&sim, pg_url, name).await;
     let settings = Settings {
         entities: vec![Entity::Candidates, Entity::Vacancies],
@@ -62,28 +58,15 @@ async fn harness(pg_url: &str, name: &str, tweak: impl FnOnce(&mut carerix_sim::
     };
     manager.start(target.clone(), settings, "test", Some(app.public_key.clone()));
     let progress = manager.progress(&target.connection).expect("running");
-    assert!(
-        eventually(Duration::from_secs(60), || async { progress.initial_done() }).await,
-        "initial sync"
-    );
-    Harness {
-        sim,
-        target,
-        base,
-        metrics,
-        _manager: manager,
-        app_id: app.id,
-    }
+    assert!(eventually(Duration::from_secs(60), || async { progress.initial_done() }).await, "initial sync");
+    Harness { sim, target, base, metrics, _manager: manager, app_id: app.id }
 }
 
 impl Harness {
     fn webhook(&self, url: &str) {
         let body = json!({"_kind": "Webhook", "url": url,
             "filters": [{"eventType": "cremployee:updated"}, {"eventType": "cremployee:created"}]});
-        self.sim
-            .sim()
-            .create_webhook(TENANT, CLIENT_ID, &self.app_id, &body)
-            .expect("webhook");
+        self.sim.sim().create_webhook(TENANT, CLIENT_ID, &self.app_id, &body).expect("webhook");
     }
 
     fn receiver_url(&self) -> String {
@@ -91,10 +74,7 @@ impl Harness {
     }
 
     fn candidate(&self, i: usize) -> u64 {
-        self.sim
-            .sim()
-            .list_records(TENANT, sim_entity(Entity::Candidates))
-            .expect("records")[i]["_id"]
+        self.sim.sim().list_records(TENANT, sim_entity(Entity::Candidates)).expect("records")[i]["_id"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .expect("id")
@@ -103,10 +83,7 @@ impl Harness {
     fn rename(&self, id: u64, name: &str) {
         let mut m = Map::new();
         m.insert("firstName".into(), json!(name));
-        self.sim
-            .sim()
-            .update_record(TENANT, sim_entity(Entity::Candidates), id, m)
-            .expect("update");
+        self.sim.sim().update_record(TENANT, sim_entity(Entity::Candidates), id, m).expect("update");
     }
 
     async fn first_name(&self, id: u64) -> Option<String> {
@@ -130,11 +107,7 @@ async fn a_signed_delivery_updates_the_row_within_seconds() {
         .await,
         "the delivery reached the sink"
     );
-    assert!(
-        h.metrics
-            .render()
-            .contains("receiver_deliveries_total{result=\"accepted\"}")
-    );
+    assert!(h.metrics.render().contains("receiver_deliveries_total{result=\"accepted\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -149,22 +122,16 @@ async fn a_bad_signature_is_refused_with_401_and_changes_nothing() {
     .to_string();
     let http = reqwest::Client::new();
     for sig in [Some("bm90IGEgc2lnbmF0dXJl"), None] {
-        let mut req = http
-            .post(h.receiver_url())
-            .header("content-type", "application/json")
-            .body(body.clone());
+        let mut req =
+            http.post(h.receiver_url()).header("content-type", "application/json").body(body.clone());
         if let Some(s) = sig {
             req = req.header("Cx-Signature", s);
         }
         assert_eq!(req.send().await.expect("answer").status().as_u16(), 401);
     }
     assert_eq!(h.first_name(id).await, before);
-    let unknown = http
-        .post(format!("{}/webhooks/test/nobody", h.base))
-        .body(body)
-        .send()
-        .await
-        .expect("answer");
+    let unknown =
+        http.post(format!("{}/webhooks/test/nobody", h.base)).body(body).send().await.expect("answer");
     assert_eq!(unknown.status().as_u16(), 404);
 }
 
@@ -196,18 +163,9 @@ async fn a_replayed_event_id_is_applied_once() {
     h.webhook(&url);
     let id = h.candidate(5);
     h.rename(id, "Once");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            !got.lock().expect("lock").is_empty()
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(10), || async { !got.lock().expect("lock").is_empty() }).await);
     let (headers, body) = got.lock().expect("lock")[0].clone();
-    let sig = headers
-        .get("cx-signature")
-        .and_then(|v| v.to_str().ok())
-        .expect("signed")
-        .to_string();
+    let sig = headers.get("cx-signature").and_then(|v| v.to_str().ok()).expect("signed").to_string();
     let http = reqwest::Client::new();
     let post = || {
         http.post(h.receiver_url())
@@ -248,11 +206,7 @@ async fn a_replayed_event_id_is_applied_once() {
 async fn with_the_sink_down_a_delivery_gets_503_and_carerix_retry_lands_it_later() {
     let pg = OwnPostgres::start("rx-pg-stop");
     let h = harness(&pg.url, "rx_down", |c| {
-        c.delivery.backoff = vec![
-            Duration::from_secs(1),
-            Duration::from_secs(2),
-            Duration::from_secs(3),
-        ];
+        c.delivery.backoff = vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
         c.delivery.max_retries = 8;
     })
     .await;
@@ -299,36 +253,20 @@ async fn a_burst_of_events_is_coalesced_and_stays_within_the_tenant_rate_limit()
         eventually(Duration::from_secs(30), || async {
             let rows = rows(&h.target, Entity::Candidates).await;
             ids.iter().enumerate().all(|(n, id)| {
-                rows.get(&id.to_string())
-                    .and_then(|(_, r)| r["firstName"].as_str())
+                rows.get(&id.to_string()).and_then(|(_, r)| r["firstName"].as_str())
                     == Some(&format!("Burst{n}"))
             })
         })
         .await,
         "every event of the burst reached the sink"
     );
-    let log: Vec<_> = h
-        .sim
-        .sim()
-        .request_log()
-        .into_iter()
-        .filter(|r| r.operation.starts_with("graphql"))
-        .collect();
-    assert!(
-        log.iter().all(|r| r.status != 429),
-        "no request was rate limited by Carerix"
-    );
-    assert!(
-        log.len() < ids.len() / 2,
-        "{} fetches for {} events: bursts coalesce",
-        log.len(),
-        ids.len()
-    );
+    let log: Vec<_> =
+        h.sim.sim().request_log().into_iter().filter(|r| r.operation.starts_with("graphql")).collect();
+    assert!(log.iter().all(|r| r.status != 429), "no request was rate limited by Carerix");
+    assert!(log.len() < ids.len() / 2, "{} fetches for {} events: bursts coalesce", log.len(), ids.len());
     for (i, r) in log.iter().enumerate() {
-        let in_window = log[i..]
-            .iter()
-            .take_while(|o| o.time - r.time < chrono::Duration::seconds(1))
-            .count();
+        let in_window =
+            log[i..].iter().take_while(|o| o.time - r.time < chrono::Duration::seconds(1)).count();
         assert!(in_window <= 10, "{in_window} requests within one second");
     }
 }

@@ -65,12 +65,10 @@ async fn records_changed_created_and_deleted_during_the_sync_are_neither_skipped
                     .expect("update");
                 }
                 2 => {
-                    s.soft_delete_record(TENANT, sim_entity(Entity::Candidates), id)
-                        .expect("soft delete");
+                    s.soft_delete_record(TENANT, sim_entity(Entity::Candidates), id).expect("soft delete");
                 }
                 _ => {
-                    s.hard_delete_record(TENANT, sim_entity(Entity::Candidates), id)
-                        .expect("hard delete");
+                    s.hard_delete_record(TENANT, sim_entity(Entity::Candidates), id).expect("hard delete");
                 }
             }
             s.create_record(TENANT, sim_entity(Entity::Candidates), fields("firstName", "New"))
@@ -95,15 +93,10 @@ async fn records_changed_created_and_deleted_during_the_sync_are_neither_skipped
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn more_records_in_one_second_than_a_page_and_the_repeated_autumn_hour_are_all_synced() {
     let sim = sim(300, |c| c.same_second_burst = 250).await;
-    let records = sim
-        .sim()
-        .list_records(TENANT, sim_entity(Entity::Candidates))
-        .expect("records");
+    let records = sim.sim().list_records(TENANT, sim_entity(Entity::Candidates)).expect("records");
     let mut per_second = std::collections::BTreeMap::<String, usize>::new();
     for r in &records {
-        *per_second
-            .entry(r["modificationDate"].as_str().expect("date").to_string())
-            .or_default() += 1;
+        *per_second.entry(r["modificationDate"].as_str().expect("date").to_string()).or_default() += 1;
     }
     assert!(
         per_second.values().any(|n| *n > 100),
@@ -125,10 +118,7 @@ async fn more_records_in_one_second_than_a_page_and_the_repeated_autumn_hour_are
             carerix_operator::sync::keyset::is_ambiguous(r["modificationDate"].as_str().unwrap_or(""))
         })
         .collect();
-    assert!(
-        repeated.len() >= 6,
-        "the emulator seeds records in both passes of the repeated hour"
-    );
+    assert!(repeated.len() >= 6, "the emulator seeds records in both passes of the repeated hour");
     let rows = rows(&t, Entity::Vacancies).await;
     for r in repeated {
         assert!(rows.contains_key(r["_id"].as_str().expect("id")));
@@ -149,35 +139,16 @@ async fn soft_and_hard_deletes_end_up_marked_deleted() {
             .and_then(|s| s.parse().ok())
             .expect("id")
     };
-    let (soft, hard, matched) = (
-        first(Entity::Candidates),
-        first(Entity::Vacancies),
-        first(Entity::Matches),
-    );
-    sim.sim()
-        .soft_delete_record(TENANT, sim_entity(Entity::Candidates), soft)
-        .expect("soft delete");
-    sim.sim()
-        .hard_delete_record(TENANT, sim_entity(Entity::Vacancies), hard)
-        .expect("hard delete");
+    let (soft, hard, matched) = (first(Entity::Candidates), first(Entity::Vacancies), first(Entity::Matches));
+    sim.sim().soft_delete_record(TENANT, sim_entity(Entity::Candidates), soft).expect("soft delete");
+    sim.sim().hard_delete_record(TENANT, sim_entity(Entity::Vacancies), hard).expect("hard delete");
     // CRMatch has no deleted field: removing a match is a hard delete
-    sim.sim()
-        .soft_delete_record(TENANT, sim_entity(Entity::Matches), matched)
-        .expect("match removed");
+    sim.sim().soft_delete_record(TENANT, sim_entity(Entity::Matches), matched).expect("match removed");
     engine.pass().await.expect("incremental pass");
-    assert!(
-        rows(&t, Entity::Candidates).await[&soft.to_string()].0,
-        "soft delete arrives with norestrict"
-    );
+    assert!(rows(&t, Entity::Candidates).await[&soft.to_string()].0, "soft delete arrives with norestrict");
     engine.compare_all().await.expect("full comparison");
-    assert!(
-        rows(&t, Entity::Vacancies).await[&hard.to_string()].0,
-        "hard delete found by the comparison"
-    );
-    assert!(
-        rows(&t, Entity::Matches).await[&matched.to_string()].0,
-        "removed match found by the comparison"
-    );
+    assert!(rows(&t, Entity::Vacancies).await[&hard.to_string()].0, "hard delete found by the comparison");
+    assert!(rows(&t, Entity::Matches).await[&matched.to_string()].0, "removed match found by the comparison");
     for e in entities {
         assert_equal(&sim, &t, e).await;
     }
@@ -201,24 +172,14 @@ async fn a_sync_killed_mid_way_resumes_where_it_was_reading_at_most_one_page_twi
         let engine = engine.clone();
         tokio::spawn(async move { engine.sync_entity(Entity::Candidates).await })
     };
-    assert!(
-        eventually(Duration::from_secs(30), || async { pages() >= 4 }).await,
-        "the sync reads pages"
-    );
+    assert!(eventually(Duration::from_secs(30), || async { pages() >= 4 }).await, "the sync reads pages");
     running.abort();
     let _ = running.await;
     let resumed = Engine::new(t.clone(), vec![Entity::Candidates]);
     resumed.prepare().await.expect("state loads");
-    resumed
-        .sync_entity(Entity::Candidates)
-        .await
-        .expect("resumed pass");
+    resumed.sync_entity(Entity::Candidates).await.expect("resumed pass");
     assert_equal(&sim, &t, Entity::Candidates).await;
-    let n = sim
-        .sim()
-        .list_records(TENANT, sim_entity(Entity::Candidates))
-        .expect("records")
-        .len();
+    let n = sim.sim().list_records(TENANT, sim_entity(Entity::Candidates)).expect("records").len();
     let uninterrupted = n / 100 + 1;
     assert!(
         pages() <= uninterrupted + 1,

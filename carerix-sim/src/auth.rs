@@ -17,11 +17,8 @@ use serde_json::{Value, json};
 use crate::Error;
 
 /// The scopes every registered client gets by default.
-pub const DEFAULT_SCOPES: &[&str] = &[
-    "urn:cx/cx5Acl:data:manage",
-    "urn:cx/cx5Wrapper:data:manage",
-    "urn:cx/webhooks:data:manage",
-];
+pub const DEFAULT_SCOPES: &[&str] =
+    &["urn:cx/cx5Acl:data:manage", "urn:cx/cx5Wrapper:data:manage", "urn:cx/webhooks:data:manage"];
 
 /// Scopes a client may request on top of its defaults.
 pub const ASSIGNABLE_SCOPES: &[&str] = &[
@@ -104,10 +101,7 @@ pub struct Signer {
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// Generates an RSA private key of `bits` bits (slow; call from `spawn_blocking`).
@@ -118,16 +112,13 @@ pub fn generate_key(bits: usize) -> Result<RsaPrivateKey, Error> {
 
 /// The PEM SPKI form of a public key.
 pub fn public_pem(key: &RsaPublicKey) -> Result<String, Error> {
-    key.to_public_key_pem(LineEnding::LF)
-        .map_err(|e| Error::Crypto(e.to_string()))
+    key.to_public_key_pem(LineEnding::LF).map_err(|e| Error::Crypto(e.to_string()))
 }
 
 impl Signer {
     /// Builds the signer from a private key.
     pub fn new(key: &RsaPrivateKey) -> Result<Signer, Error> {
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| Error::Crypto(e.to_string()))?;
+        let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| Error::Crypto(e.to_string()))?;
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| Error::Crypto(e.to_string()))?;
         let public = key.to_public_key();
         let pub_pem = public_pem(&public)?;
@@ -139,12 +130,7 @@ impl Signer {
             "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
             "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
         }]});
-        Ok(Signer {
-            encoding,
-            decoding,
-            jwks,
-            kid,
-        })
+        Ok(Signer { encoding, decoding, jwks, kid })
     }
 
     /// The JWKS document.
@@ -201,10 +187,7 @@ pub fn grant(
 ) -> Result<Vec<String>, String> {
     let mut granted: Vec<String> = defaults.to_vec();
     if let Some(req) = requested {
-        let bad: Vec<&str> = req
-            .split_whitespace()
-            .filter(|s| !ASSIGNABLE_SCOPES.contains(s))
-            .collect();
+        let bad: Vec<&str> = req.split_whitespace().filter(|s| !ASSIGNABLE_SCOPES.contains(s)).collect();
         if !bad.is_empty() {
             return Err(bad.join(" "));
         }
@@ -248,14 +231,7 @@ mod tests {
         let key = generate_key(1024).expect("key");
         let s = Signer::new(&key).expect("signer");
         let t = s
-            .issue(
-                "http://x/auth/realms/acme",
-                "acme",
-                "c1",
-                "a b",
-                Duration::from_secs(60),
-                0,
-            )
+            .issue("http://x/auth/realms/acme", "acme", "c1", "a b", Duration::from_secs(60), 0)
             .expect("token");
         let c = s.verify(&t).expect("valid");
         assert_eq!(c.azp, "c1");

@@ -34,10 +34,7 @@ pub fn local_to_utc(naive: NaiveDateTime) -> Option<DateTime<Utc>> {
         LocalResult::Ambiguous(a, _) => Some(a.with_timezone(&Utc)),
         LocalResult::None => {
             let later = naive + chrono::Duration::hours(1);
-            Amsterdam
-                .from_local_datetime(&later)
-                .earliest()
-                .map(|t| t.with_timezone(&Utc))
+            Amsterdam.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc))
         }
     }
 }
@@ -87,14 +84,8 @@ mod tests {
 
     #[test]
     fn summer_and_winter_times_use_their_own_offsets() {
-        assert_eq!(
-            parse("2025-07-01 12:00:00").expect("parses").to_rfc3339(),
-            "2025-07-01T10:00:00+00:00"
-        );
-        assert_eq!(
-            parse("2025-01-01 12:00:00").expect("parses").to_rfc3339(),
-            "2025-01-01T11:00:00+00:00"
-        );
+        assert_eq!(parse("2025-07-01 12:00:00").expect("parses").to_rfc3339(), "2025-07-01T10:00:00+00:00");
+        assert_eq!(parse("2025-01-01 12:00:00").expect("parses").to_rfc3339(), "2025-01-01T11:00:00+00:00");
     }
 
     #[test]

@@ -45,15 +45,9 @@ pub struct Prepared {
 pub fn prepare(body: &Value) -> Result<Prepared, Value> {
     let schema = schema().map_err(|e| error_body(format!("schema error: {e}"), "InternalError"))?;
     let Some(query) = body.get("query").and_then(Value::as_str) else {
-        return Err(error_body(
-            "Request body must contain a 'query' string",
-            "ValidationError",
-        ));
+        return Err(error_body("Request body must contain a 'query' string", "ValidationError"));
     };
-    let operation_name = body
-        .get("operationName")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let operation_name = body.get("operationName").and_then(Value::as_str).map(str::to_owned);
     let doc = ExecutableDocument::parse_and_validate(schema, query, "query.graphql").map_err(|e| {
         let errors: Vec<Value> = e
             .errors
@@ -79,11 +73,7 @@ pub fn prepare(body: &Value) -> Result<Prepared, Value> {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    Ok(Prepared {
-        doc,
-        operation_name,
-        variables,
-    })
+    Ok(Prepared { doc, operation_name, variables })
 }
 
 impl Prepared {
@@ -178,9 +168,7 @@ impl Prepared {
     }
 
     fn arguments(&self, args: &[Node<ast::Argument>]) -> Map<String, Value> {
-        args.iter()
-            .map(|a| (a.name.to_string(), self.value(&a.value)))
-            .collect()
+        args.iter().map(|a| (a.name.to_string(), self.value(&a.value))).collect()
     }
 
     fn value(&self, v: &ast::Value) -> Value {
@@ -257,8 +245,7 @@ fn single(store: &Store, entity: Entity, args: &Map<String, Value>) -> Value {
         Value::Number(n) => n.as_u64(),
         _ => None,
     });
-    id.and_then(|id| store.get(&entity).and_then(|m| m.get(&id)))
-        .map_or(Value::Null, Record::to_json)
+    id.and_then(|id| store.get(&entity).and_then(|m| m.get(&id))).map_or(Value::Null, Record::to_json)
 }
 
 /// Runs a page query: qualifier, `norestrict`, `pageable` (zero-based page, size default 20 capped at
@@ -285,15 +272,9 @@ pub fn page(
                 continue;
             };
             if entity.field_kind(prop).is_none() {
-                return Err(format!(
-                    "Unknown sort property '{prop}' for {}",
-                    entity.type_name()
-                ));
+                return Err(format!("Unknown sort property '{prop}' for {}", entity.type_name()));
             }
-            sort.push((
-                prop.to_string(),
-                o.get("direction").and_then(Value::as_str) == Some("DESC"),
-            ));
+            sort.push((prop.to_string(), o.get("direction").and_then(Value::as_str) == Some("DESC")));
         }
     }
     let mut rows: Vec<&Record> = store
@@ -317,12 +298,8 @@ pub fn page(
     });
     let total = rows.len();
     let total_pages = total.div_ceil(size);
-    let items: Vec<Value> = rows
-        .iter()
-        .skip(page_no.saturating_mul(size))
-        .take(size)
-        .map(|r| r.to_json())
-        .collect();
+    let items: Vec<Value> =
+        rows.iter().skip(page_no.saturating_mul(size)).take(size).map(|r| r.to_json()).collect();
     let sort_str = if sort.is_empty() {
         Value::Null
     } else {
@@ -390,16 +367,7 @@ mod tests {
 
     fn store() -> Store {
         let mut n = 1;
-        seed(
-            "acme",
-            &SeedSpec {
-                seed: 1,
-                records: 230,
-                same_second_burst: 150,
-                now: Utc::now(),
-            },
-            &mut n,
-        )
+        seed("acme", &SeedSpec { seed: 1, records: 230, same_second_burst: 150, now: Utc::now() }, &mut n)
     }
 
     #[test]
@@ -440,9 +408,7 @@ mod tests {
     #[test]
     fn page_size_is_capped_and_soft_deleted_records_are_hidden_by_default() {
         let s = store();
-        let Value::Object(args) = json!({"pageable": {"size": 500}}) else {
-            panic!()
-        };
+        let Value::Object(args) = json!({"pageable": {"size": 500}}) else { panic!() };
         let v = page(&s, Entity::Employee, &args, 100).expect("page");
         assert_eq!(v["size"], 100);
         let hidden = s[&Entity::Employee].values().filter(|r| r.deleted).count();
@@ -468,12 +434,7 @@ mod tests {
         let p = prepare(&json!({"query": "{ crMatchPage(qualifier: \"deleted = 0\") { totalElements } }"}))
             .expect("valid");
         let v = p.execute(&store(), 100);
-        assert!(
-            v["errors"][0]["message"]
-                .as_str()
-                .expect("msg")
-                .contains("Invalid qualifier")
-        );
+        assert!(v["errors"][0]["message"].as_str().expect("msg").contains("Invalid qualifier"));
     }
 
     /// Every type, field and argument of our SDL exists with the same type in the real schema.
@@ -501,10 +462,7 @@ mod tests {
             match (ty, real_ty) {
                 (T::Object(o), T::Object(r)) => {
                     for (fname, f) in &o.fields {
-                        let rf = r
-                            .fields
-                            .get(fname)
-                            .unwrap_or_else(|| panic!("{name}.{fname} missing"));
+                        let rf = r.fields.get(fname).unwrap_or_else(|| panic!("{name}.{fname} missing"));
                         assert_eq!(f.ty, rf.ty, "{name}.{fname} type differs");
                         for a in &f.arguments {
                             let ra = rf
@@ -527,10 +485,7 @@ mod tests {
                 }
                 (T::InputObject(o), T::InputObject(r)) => {
                     for (fname, f) in &o.fields {
-                        let rf = r
-                            .fields
-                            .get(fname)
-                            .unwrap_or_else(|| panic!("{name}.{fname} missing"));
+                        let rf = r.fields.get(fname).unwrap_or_else(|| panic!("{name}.{fname} missing"));
                         assert_eq!(f.ty, rf.ty, "{name}.{fname} type differs");
                     }
                     for (fname, rf) in &r.fields {

@@ -29,8 +29,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
 fn json_resp(status: u16, v: &Value) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (code, v.to_string()).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -40,8 +39,7 @@ fn err_resp(status: u16, message: &str) -> Response {
 
 fn too_many() -> Response {
     let mut r = err_resp(429, "Too Many Requests");
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
@@ -68,10 +66,7 @@ async fn handle(
         return admin(&sim, &method, &uri, &body).await;
     }
     let time = Utc::now();
-    let mut ctx = Ctx {
-        operation: operation_name(&method, &path, &body),
-        ..Ctx::default()
-    };
+    let mut ctx = Ctx { operation: operation_name(&method, &path, &body), ..Ctx::default() };
     let resp = api(&sim, &method, &uri, &headers, &body, &mut ctx).await;
     sim.log_request(RequestLogEntry {
         seq: 0,
@@ -87,10 +82,7 @@ async fn handle(
 }
 
 fn segments(path: &str) -> Vec<&str> {
-    path.trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect()
+    path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect()
 }
 
 /// The operation name for the request log.
@@ -106,11 +98,7 @@ fn operation_name(method: &Method, path: &str, body: &[u8]) -> String {
                 .and_then(|b| graphql::prepare(&b).ok())
                 .map(|p| p.root_fields().join(","))
                 .unwrap_or_default();
-            if roots.is_empty() {
-                "graphql".into()
-            } else {
-                format!("graphql:{roots}")
-            }
+            if roots.is_empty() { "graphql".into() } else { format!("graphql:{roots}") }
         }
         ["webhooks", "v1", "applications", rest @ ..] => {
             let verb = |list: &str, one: &str| match *method {
@@ -222,10 +210,7 @@ fn token(sim: &Sim, tenant: &str, headers: &HeaderMap, body: &[u8], ctx: &mut Ct
         && let Some(b64) = h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic "))
     {
         {
-            let decoded = STANDARD
-                .decode(b64.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
+            let decoded = STANDARD.decode(b64.trim()).ok().and_then(|b| String::from_utf8(b).ok());
             if let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
                 let unescape = |s: &str| {
                     url::form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -250,18 +235,10 @@ fn token(sim: &Sim, tenant: &str, headers: &HeaderMap, body: &[u8], ctx: &mut Ct
         None => return oauth_err(400, "invalid_request", "Missing form parameter: grant_type"),
     }
     let Some((client_id, secret)) = creds else {
-        return oauth_err(
-            401,
-            "invalid_client",
-            "Invalid client or Invalid client credentials",
-        );
+        return oauth_err(401, "invalid_client", "Invalid client or Invalid client credentials");
     };
     let Some((defaults, activated)) = sim.authenticate(tenant, &client_id, &secret) else {
-        return oauth_err(
-            401,
-            "invalid_client",
-            "Invalid client or Invalid client credentials",
-        );
+        return oauth_err(401, "invalid_client", "Invalid client or Invalid client credentials");
     };
     let granted = match auth::grant(&defaults, field("scope").as_deref(), activated) {
         Ok(g) => g,
@@ -269,14 +246,7 @@ fn token(sim: &Sim, tenant: &str, headers: &HeaderMap, body: &[u8], ctx: &mut Ct
     };
     let scope = granted.join(" ");
     let ttl = sim.config.token_ttl;
-    match sim.signer.issue(
-        &sim.issuer(tenant),
-        tenant,
-        &client_id,
-        &scope,
-        ttl,
-        sim.token_epoch(),
-    ) {
+    match sim.signer.issue(&sim.issuer(tenant), tenant, &client_id, &scope, ttl, sim.token_epoch()) {
         Ok(t) => json_resp(
             200,
             &json!({"access_token": t, "expires_in": ttl.as_secs(), "refresh_expires_in": 0,
@@ -290,8 +260,7 @@ fn token(sim: &Sim, tenant: &str, headers: &HeaderMap, body: &[u8], ctx: &mut Ct
 fn bearer(sim: &Sim, headers: &HeaderMap, ctx: &mut Ctx) -> Result<Claims, Box<Response>> {
     let unauthorized = |msg: &str| {
         let mut r = err_resp(401, msg);
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
     let Some(token) = headers
@@ -324,10 +293,7 @@ fn scopes(c: &Claims) -> Vec<String> {
 
 fn graphql_call(sim: &Sim, claims: &Claims, body: &[u8], ctx: &mut Ctx) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
-        return json_resp(
-            400,
-            &graphql::error_body("Request body is not JSON", "BAD_REQUEST"),
-        );
+        return json_resp(400, &graphql::error_body("Request body is not JSON", "BAD_REQUEST"));
     };
     let prepared = match graphql::prepare(&body) {
         Ok(p) => p,
@@ -337,10 +303,7 @@ fn graphql_call(sim: &Sim, claims: &Claims, body: &[u8], ctx: &mut Ctx) -> Respo
     if roots.iter().any(|r| r.starts_with("cr"))
         && !auth::has_any(&scopes(claims), &[auth::CX5_WRAPPER, auth::GRAPHQL])
     {
-        return err_resp(
-            403,
-            &format!("Access denied. Required scopes: {}", auth::CX5_WRAPPER),
-        );
+        return err_resp(403, &format!("Access denied. Required scopes: {}", auth::CX5_WRAPPER));
     }
     ctx.operation = format!("graphql:{}", roots.join(","));
     match sim.with_store(&claims.tenant, |s| prepared.execute(s, sim.config.page_cap)) {
@@ -368,9 +331,7 @@ fn select(full: Value, fields: Option<&str>, default_full: bool) -> Value {
     }
     let wanted = wanted.unwrap_or_default();
     Value::Object(
-        m.into_iter()
-            .filter(|(k, _)| k == "_kind" || k == "_id" || wanted.contains(&k.as_str()))
-            .collect(),
+        m.into_iter().filter(|(k, _)| k == "_kind" || k == "_id" || wanted.contains(&k.as_str())).collect(),
     )
 }
 
@@ -403,12 +364,7 @@ pub fn webhook_json(w: &WebhookInfo) -> Value {
 
 fn page_json(items: Vec<Value>, params: &Map<String, Value>) -> Value {
     let total = items.len();
-    let num = |k: &str| {
-        params
-            .get(k)
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<usize>().ok())
-    };
+    let num = |k: &str| params.get(k).and_then(Value::as_str).and_then(|s| s.parse::<usize>().ok());
     let size = num("size").unwrap_or(total).max(1);
     let page = num("page").unwrap_or(0);
     let items: Vec<Value> = items.into_iter().skip(page * size).take(size).collect();
@@ -437,33 +393,21 @@ async fn webhooks(
     let granted = scopes(claims);
     let read = *method == Method::GET;
     let ok = if read {
-        auth::has_any(
-            &granted,
-            &[
-                "urn:cx/webhooks:data:read",
-                "urn:cx/webhooks:data/applications:read",
-            ],
-        )
+        auth::has_any(&granted, &["urn:cx/webhooks:data:read", "urn:cx/webhooks:data/applications:read"])
     } else {
         auth::has_any(&granted, &[auth::WEBHOOKS_MANAGE])
             || (rest.len() >= 3 && auth::has_any(&granted, &["urn:cx/webhooks:data/webhooks:manage"]))
             || (rest.len() <= 1 && auth::has_any(&granted, &["urn:cx/webhooks:data/applications:manage"]))
     };
     if !ok {
-        return err_resp(
-            403,
-            &format!("Access denied. Required scopes: {}", auth::WEBHOOKS_MANAGE),
-        );
+        return err_resp(403, &format!("Access denied. Required scopes: {}", auth::WEBHOOKS_MANAGE));
     }
     let params = query_params(uri);
     let fields = params.get("fields").and_then(Value::as_str);
     let parse_body = || serde_json::from_slice::<Value>(body).ok();
     let result: Result<Response, SimError> = match (method.clone(), rest) {
         (Method::GET, []) => sim.api_applications(tenant).map(|apps| {
-            let items = apps
-                .iter()
-                .map(|a| select(application_json(a), fields, false))
-                .collect();
+            let items = apps.iter().map(|a| select(application_json(a), fields, false)).collect();
             json_resp(200, &page_json(items, &params))
         }),
         (Method::POST, []) => {
@@ -471,43 +415,33 @@ async fn webhooks(
                 return err_resp(400, "Request body must be JSON");
             };
             let name = b.get("name").and_then(Value::as_str).unwrap_or_default();
-            sim.create_application(tenant, caller, name)
-                .await
-                .map(|a| json_resp(201, &application_json(&a)))
+            sim.create_application(tenant, caller, name).await.map(|a| json_resp(201, &application_json(&a)))
         }
         (Method::GET, [app]) => sim
             .api_application(tenant, app)
             .map(|a| json_resp(200, &select(application_json(&a), fields, true))),
-        (Method::DELETE, [app]) => sim
-            .delete_application(tenant, Some(caller), app)
-            .map(|()| StatusCode::NO_CONTENT.into_response()),
+        (Method::DELETE, [app]) => {
+            sim.delete_application(tenant, Some(caller), app).map(|()| StatusCode::NO_CONTENT.into_response())
+        }
         (Method::GET, [app, "webhooks"]) => sim.api_webhooks(tenant, app).map(|ws| {
-            let items = ws
-                .iter()
-                .map(|w| select(webhook_json(w), fields, false))
-                .collect();
+            let items = ws.iter().map(|w| select(webhook_json(w), fields, false)).collect();
             json_resp(200, &page_json(items, &params))
         }),
         (Method::POST, [app, "webhooks"]) => {
             let Some(b) = parse_body() else {
                 return err_resp(400, "Request body must be JSON");
             };
-            sim.create_webhook(tenant, caller, app, &b)
-                .map(|w| json_resp(201, &webhook_json(&w)))
+            sim.create_webhook(tenant, caller, app, &b).map(|w| json_resp(201, &webhook_json(&w)))
         }
-        (Method::GET, [app, "webhooks", id]) => sim
-            .api_webhook(tenant, app, id)
-            .map(|w| json_resp(200, &select(webhook_json(&w), fields, true))),
+        (Method::GET, [app, "webhooks", id]) => {
+            sim.api_webhook(tenant, app, id).map(|w| json_resp(200, &select(webhook_json(&w), fields, true)))
+        }
         (Method::DELETE, [app, "webhooks", id]) => sim
             .api_webhook(tenant, app, id)
             .and_then(|_| sim.delete_webhook(tenant, Some(caller), id))
             .map(|()| StatusCode::NO_CONTENT.into_response()),
         (Method::POST, [app, "webhooks", id, action @ ("enable" | "disable")]) => {
-            let status = if *action == "enable" {
-                WebhookStatus::Enabled
-            } else {
-                WebhookStatus::Disabled
-            };
+            let status = if *action == "enable" { WebhookStatus::Enabled } else { WebhookStatus::Disabled };
             sim.api_webhook(tenant, app, id)
                 .and_then(|_| sim.set_webhook_status(tenant, Some(caller), id, status))
                 .map(|w| json_resp(200, &webhook_json(&w)))
@@ -534,8 +468,7 @@ fn entity_of(s: &str) -> Result<Entity, SimError> {
 }
 
 fn id_of(s: &str) -> Result<u64, SimError> {
-    s.parse()
-        .map_err(|_| SimError::BadRequest(format!("'{s}' is not a numeric id")))
+    s.parse().map_err(|_| SimError::BadRequest(format!("'{s}' is not a numeric id")))
 }
 
 async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
@@ -560,9 +493,7 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
         (Method::POST, ["tenants"]) => admin_result(
             sim.create_tenant(
                 s("name").unwrap_or_default(),
-                b.get("webhooks_activated")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                b.get("webhooks_activated").and_then(Value::as_bool).unwrap_or(false),
                 b.get("records").and_then(Value::as_u64).map(|n| n as usize),
             ),
             201,
@@ -582,12 +513,7 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect());
             admin_result(
-                sim.register_client(
-                    s("tenant").unwrap_or_default(),
-                    s("client_id"),
-                    s("secret"),
-                    scopes,
-                ),
+                sim.register_client(s("tenant").unwrap_or_default(), s("client_id"), s("secret"), scopes),
                 201,
             )
         }
@@ -609,34 +535,24 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
         }
         (Method::PATCH | Method::PUT, ["tenants", t, "records", e, id]) => {
             let fields = b.as_object().cloned().unwrap_or_default();
-            admin_result(
-                entity_of(e).and_then(|e| sim.update_record(t, e, id_of(id)?, fields)),
-                200,
-            )
+            admin_result(entity_of(e).and_then(|e| sim.update_record(t, e, id_of(id)?, fields)), 200)
         }
         (Method::DELETE, ["tenants", t, "records", e, id]) => {
             let hard = params.get("hard").and_then(Value::as_str) == Some("true");
             let r = entity_of(e).and_then(|e| {
                 let id = id_of(id)?;
-                if hard {
-                    sim.hard_delete_record(t, e, id)
-                } else {
-                    sim.soft_delete_record(t, e, id)
-                }
+                if hard { sim.hard_delete_record(t, e, id) } else { sim.soft_delete_record(t, e, id) }
             });
             admin_result(r.map(|()| json!({"deleted": true, "hard": hard})), 200)
         }
         (Method::GET, ["tenants", t, "applications"]) => admin_result(sim.applications(t), 200),
         (Method::POST, ["tenants", t, "applications"]) => admin_result(
-            sim.create_application(t, s("owner").unwrap_or("admin"), s("name").unwrap_or_default())
-                .await,
+            sim.create_application(t, s("owner").unwrap_or("admin"), s("name").unwrap_or_default()).await,
             201,
         ),
-        (Method::DELETE, ["tenants", t, "applications", app]) => admin_result(
-            sim.delete_application(t, None, app)
-                .map(|()| json!({"deleted": app})),
-            200,
-        ),
+        (Method::DELETE, ["tenants", t, "applications", app]) => {
+            admin_result(sim.delete_application(t, None, app).map(|()| json!({"deleted": app})), 200)
+        }
         (Method::POST, ["tenants", t, "applications", app, "webhooks"]) => {
             admin_result(sim.create_webhook(t, s("owner").unwrap_or("admin"), app, &b), 201)
         }
@@ -647,10 +563,9 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
                     .map_err(|_| SimError::BadRequest("status must be enabled, disabled or error".into()));
             admin_result(status.and_then(|st| sim.set_webhook_status(t, None, id, st)), 200)
         }
-        (Method::DELETE, ["tenants", t, "webhooks", id]) => admin_result(
-            sim.delete_webhook(t, None, id).map(|()| json!({"deleted": id})),
-            200,
-        ),
+        (Method::DELETE, ["tenants", t, "webhooks", id]) => {
+            admin_result(sim.delete_webhook(t, None, id).map(|()| json!({"deleted": id})), 200)
+        }
         (Method::GET, ["faults"]) => {
             json_resp(200, &serde_json::to_value(sim.faults()).unwrap_or(Value::Null))
         }
@@ -671,14 +586,12 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
             sim.clear_faults();
             json_resp(200, &json!({"cleared": true}))
         }
-        (Method::GET, ["requests"]) => json_resp(
-            200,
-            &serde_json::to_value(sim.request_log()).unwrap_or(Value::Null),
-        ),
-        (Method::GET, ["deliveries"]) => json_resp(
-            200,
-            &serde_json::to_value(sim.delivery_log()).unwrap_or(Value::Null),
-        ),
+        (Method::GET, ["requests"]) => {
+            json_resp(200, &serde_json::to_value(sim.request_log()).unwrap_or(Value::Null))
+        }
+        (Method::GET, ["deliveries"]) => {
+            json_resp(200, &serde_json::to_value(sim.delivery_log()).unwrap_or(Value::Null))
+        }
         (Method::DELETE, ["logs"]) => {
             sim.clear_logs();
             json_resp(200, &json!({"cleared": true}))

@@ -78,10 +78,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             timeout: Duration::from_secs(10),
-            backoff: [60, 300, 1800, 7200, 21600]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
+            backoff: [60, 300, 1800, 7200, 21600].into_iter().map(Duration::from_secs).collect(),
             max_retries: 5,
         }
     }
@@ -240,10 +237,5 @@ pub async fn spawn(config: Config) -> Result<SimHandle, Error> {
             tracing::error!("carerix-sim server error: {e}");
         }
     });
-    Ok(SimHandle {
-        sim,
-        base_url,
-        shutdown: Some(stx),
-        server,
-    })
+    Ok(SimHandle { sim, base_url, shutdown: Some(stx), server })
 }

@@ -122,10 +122,9 @@ async fn main() -> anyhow::Result<()> {
         ..carerix_sim::Config::default()
     };
     for t in &args.tenants {
-        config.tenants.push(carerix_sim::TenantConfig {
-            name: t.clone(),
-            webhooks_activated: args.webhooks_activated,
-        });
+        config
+            .tenants
+            .push(carerix_sim::TenantConfig { name: t.clone(), webhooks_activated: args.webhooks_activated });
     }
     for c in &args.clients {
         let mut parts = c.splitn(3, ':');

@@ -239,10 +239,7 @@ impl Record {
         m.insert("_id".into(), Value::String(self.id.to_string()));
         m.insert("_kind".into(), Value::String(self.entity.type_name().into()));
         m.insert("creationDate".into(), Value::String(dates::format(self.creation)));
-        m.insert(
-            "modificationDate".into(),
-            Value::String(dates::format(self.modification)),
-        );
+        m.insert("modificationDate".into(), Value::String(dates::format(self.modification)));
         if self.entity.has_deleted() {
             m.insert("deleted".into(), json!(i32::from(self.deleted)));
         }
@@ -304,25 +301,9 @@ const CITIES: &[&str] = &[
     "Leiden",
     "Maastricht",
 ];
-const COMPANY_A: &[&str] = &[
-    "Bouwbedrijf",
-    "Techniek",
-    "Logistiek",
-    "Zorggroep",
-    "Installatie",
-    "Transport",
-    "Metaal",
-    "Software",
-];
-const COMPANY_B: &[&str] = &[
-    "Holland",
-    "Noord",
-    "Delta",
-    "Rijnmond",
-    "Veluwe",
-    "Brabant",
-    "Lage Landen",
-];
+const COMPANY_A: &[&str] =
+    &["Bouwbedrijf", "Techniek", "Logistiek", "Zorggroep", "Installatie", "Transport", "Metaal", "Software"];
+const COMPANY_B: &[&str] = &["Holland", "Noord", "Delta", "Rijnmond", "Veluwe", "Brabant", "Lage Landen"];
 const COMPANY_SUFFIX: &[&str] = &["B.V.", "N.V.", "& Zn.", "Groep", "Partners"];
 const TITLES: &[&str] = &[
     "Magazijnmedewerker",
@@ -347,10 +328,7 @@ fn pick<'a>(rng: &mut StdRng, list: &[&'a str]) -> &'a str {
 
 fn email(first: &str, last: &str, n: u64) -> String {
     let clean = |s: &str| -> String {
-        s.chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_lowercase()
+        s.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase()
     };
     format!("{}.{}{}@example.nl", clean(first), clean(last), n % 100)
 }
@@ -369,9 +347,7 @@ pub struct SeedSpec {
 }
 
 fn tenant_seed(seed: u64, tenant: &str) -> u64 {
-    tenant.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    tenant.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Generates a deterministic record set for a tenant. Ids are numeric and unique per tenant.
@@ -396,11 +372,7 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
             } else if spec.records - i <= 6 {
                 // the last six: three in the first pass (+0200), three in the second (+0100)
                 let k = (spec.records - i - 1) as i64;
-                let pass = if k >= 3 {
-                    Duration::hours(1)
-                } else {
-                    Duration::zero()
-                };
+                let pass = if k >= 3 { Duration::hours(1) } else { Duration::zero() };
                 fallback + pass + Duration::minutes(10 * (k % 3) + 5) + Duration::seconds(k)
             } else {
                 day_start - Duration::seconds(rng.random_range(60..365 * 86_400))
@@ -443,11 +415,8 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
                         pick(&mut rng, COMPANY_B),
                         pick(&mut rng, COMPANY_SUFFIX)
                     );
-                    let domain: String = name
-                        .chars()
-                        .filter(|c| c.is_ascii_alphanumeric())
-                        .collect::<String>()
-                        .to_lowercase();
+                    let domain: String =
+                        name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
                     fields.insert("name".into(), json!(name));
                     fields.insert(
                         "kvkNumber".into(),
@@ -460,10 +429,8 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
                     fields.insert("jobTitle".into(), json!(pick(&mut rng, TITLES)));
                     fields.insert("startDate".into(), json!(start));
                     fields.insert("endDate".into(), json!(end));
-                    fields.insert(
-                        "notes".into(),
-                        json!(format!("Fulltime, regio {}", pick(&mut rng, CITIES))),
-                    );
+                    fields
+                        .insert("notes".into(), json!(format!("Fulltime, regio {}", pick(&mut rng, CITIES))));
                     fields.insert("toCompany".into(), rel(&store, Entity::Company, &mut rng));
                 }
                 Entity::Match => {
@@ -492,17 +459,10 @@ pub fn seed(tenant: &str, spec: &SeedSpec, next_id: &mut u64) -> Store {
             }
             let deleted = entity.has_deleted() && rng.random_range(0..25) == 0;
             ids.push(id);
-            store.entry(entity).or_default().insert(
-                id,
-                Record {
-                    id,
-                    entity,
-                    deleted,
-                    creation,
-                    modification,
-                    fields,
-                },
-            );
+            store
+                .entry(entity)
+                .or_default()
+                .insert(id, Record { id, entity, deleted, creation, modification, fields });
         }
     }
     store
@@ -513,12 +473,7 @@ mod tests {
     use super::*;
 
     fn spec() -> SeedSpec {
-        SeedSpec {
-            seed: 7,
-            records: 200,
-            same_second_burst: 150,
-            now: Utc::now(),
-        }
+        SeedSpec { seed: 7, records: 200, same_second_burst: 150, now: Utc::now() }
     }
 
     #[test]
@@ -559,10 +514,7 @@ mod tests {
         let store = seed("acme", &spec(), &mut n);
         for r in store[&Entity::Job].values() {
             for (f, target) in [("toEmployee", Entity::Employee), ("toMatch", Entity::Match)] {
-                let id: u64 = r.fields[f]["_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .expect("id");
+                let id: u64 = r.fields[f]["_id"].as_str().and_then(|s| s.parse().ok()).expect("id");
                 assert!(store[&target].contains_key(&id));
             }
         }

@@ -129,9 +129,7 @@ fn lex(s: &str) -> Result<Vec<Tok>, QualifierError> {
                 j += 1;
             }
             let t: String = chars[i..j].iter().collect();
-            out.push(Tok::Num(
-                t.parse().map_err(|_| QualifierError(format!("bad number {t}")))?,
-            ));
+            out.push(Tok::Num(t.parse().map_err(|_| QualifierError(format!("bad number {t}")))?));
             i = j;
         } else if "=!<>".contains(c) {
             let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
@@ -261,10 +259,7 @@ impl Parser<'_> {
         match (self.entity.field_kind(head), tail) {
             (Some(FieldKind::Rel(_)), None | Some("_id")) => Ok(()),
             (Some(_), None) => Ok(()),
-            _ => err(format!(
-                "unknown key path '{path}' for {}",
-                self.entity.type_name()
-            )),
+            _ => err(format!("unknown key path '{path}' for {}", self.entity.type_name())),
         }
     }
 }
@@ -275,12 +270,7 @@ pub fn parse(src: &str, entity: Entity) -> Result<Qualifier, QualifierError> {
     if toks.is_empty() {
         return err("empty qualifier");
     }
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        entity,
-        _src: src,
-    };
+    let mut p = Parser { toks, pos: 0, entity, _src: src };
     let q = p.or()?;
     if p.pos != p.toks.len() {
         return err(format!("unexpected trailing input at token {}", p.pos + 1));
@@ -435,10 +425,7 @@ mod tests {
         assert!(m("firstName = 'Daan' AND lastName != \"Bakker\"", &r));
         assert!(m("visitCity = nil", &r));
         assert!(!m("firstName = nil", &r));
-        assert!(m(
-            "(firstName = 'X' OR lastName = 'de Vries') AND deleted = 0",
-            &r
-        ));
+        assert!(m("(firstName = 'X' OR lastName = 'de Vries') AND deleted = 0", &r));
         assert!(m("firstName like 'Da*'", &r));
     }
 
@@ -446,27 +433,12 @@ mod tests {
     fn dates_compare_as_instants_across_the_dst_change() {
         // second pass of the repeated hour (+0100) is after the first pass (+0200)
         let second = rec(1, "2025-10-26 02:30:00 +0100");
-        assert!(m(
-            "modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'",
-            &second
-        ));
-        assert!(m(
-            "modificationDate > (NSCalendarDate) '2025-10-26 02:45:00 +0200'",
-            &second
-        ));
-        assert!(!m(
-            "modificationDate < (NSCalendarDate) '2025-10-26 02:10:00 +0100'",
-            &second
-        ));
+        assert!(m("modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'", &second));
+        assert!(m("modificationDate > (NSCalendarDate) '2025-10-26 02:45:00 +0200'", &second));
+        assert!(!m("modificationDate < (NSCalendarDate) '2025-10-26 02:10:00 +0100'", &second));
         let first = rec(2, "2025-10-26 02:30:00 +0200");
-        assert!(m(
-            "modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'",
-            &first
-        ));
-        assert!(!m(
-            "modificationDate > (NSCalendarDate) '2025-10-26 02:30:00'",
-            &first
-        ));
+        assert!(m("modificationDate >= (NSCalendarDate) '2025-10-26 02:30:00'", &first));
+        assert!(!m("modificationDate > (NSCalendarDate) '2025-10-26 02:30:00'", &first));
     }
 
     #[test]
@@ -491,15 +463,7 @@ mod tests {
         let mut r = rec(5, "2025-06-01 12:00:00");
         r.entity = Entity::Vacancy;
         r.fields.insert("toCompany".into(), json!({"_id": "17"}));
-        assert!(
-            parse("toCompany = 17", Entity::Vacancy)
-                .expect("parses")
-                .matches(&r)
-        );
-        assert!(
-            parse("toCompany._id = '17'", Entity::Vacancy)
-                .expect("parses")
-                .matches(&r)
-        );
+        assert!(parse("toCompany = 17", Entity::Vacancy).expect("parses").matches(&r));
+        assert!(parse("toCompany._id = '17'", Entity::Vacancy).expect("parses").matches(&r));
     }
 }

@@ -265,19 +265,11 @@ impl Sim {
         base_url: Url,
         jobs: mpsc::UnboundedSender<Job>,
     ) -> Sim {
-        Sim {
-            config,
-            state: Arc::new(Mutex::new(State::default())),
-            signer,
-            base_url,
-            jobs,
-        }
+        Sim { config, state: Arc::new(Mutex::new(State::default())), signer, base_url, jobs }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The configuration the emulator runs with.
@@ -304,11 +296,7 @@ impl Sim {
         webhooks_activated: bool,
         records: Option<usize>,
     ) -> Result<TenantInfo, SimError> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(SimError::BadRequest(format!("invalid tenant name '{name}'")));
         }
         let mut next_id = 1000;
@@ -344,11 +332,7 @@ impl Sim {
         Ok(TenantInfo {
             name: name.to_string(),
             webhooks_activated: t.webhooks_activated,
-            records: t
-                .store
-                .iter()
-                .map(|(e, m)| (e.type_name().to_string(), m.len()))
-                .collect(),
+            records: t.store.iter().map(|(e, m)| (e.type_name().to_string(), m.len())).collect(),
         })
     }
 
@@ -361,10 +345,7 @@ impl Sim {
     /// Switches the webhooks feature of a tenant.
     pub fn set_webhooks_activated(&self, tenant: &str, activated: bool) -> Result<(), SimError> {
         let mut st = self.lock();
-        st.tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?
-            .webhooks_activated = activated;
+        st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?.webhooks_activated = activated;
         Ok(())
     }
 
@@ -415,25 +396,16 @@ impl Sim {
         secret: Option<&str>,
     ) -> Result<ClientCredentials, SimError> {
         let mut st = self.lock();
-        let c = st
-            .clients
-            .get_mut(client_id)
-            .ok_or_else(|| not_found("client", client_id))?;
+        let c = st.clients.get_mut(client_id).ok_or_else(|| not_found("client", client_id))?;
         c.secret = secret.map(str::to_owned).unwrap_or_else(new_secret);
-        Ok(ClientCredentials {
-            client_id: client_id.into(),
-            secret: c.secret.clone(),
-        })
+        Ok(ClientCredentials { client_id: client_id.into(), secret: c.secret.clone() })
     }
 
     /// Revokes a client: no new tokens (401 `invalid_client`). Issued tokens stay valid until they
     /// expire or [`Sim::expire_tokens`] is called.
     pub fn revoke_client(&self, client_id: &str) -> Result<(), SimError> {
         let mut st = self.lock();
-        st.clients
-            .get_mut(client_id)
-            .ok_or_else(|| not_found("client", client_id))?
-            .revoked = true;
+        st.clients.get_mut(client_id).ok_or_else(|| not_found("client", client_id))?.revoked = true;
         Ok(())
     }
 
@@ -485,10 +457,8 @@ impl Sim {
 
     pub(crate) fn take_fault(&self, path: &str) -> Option<FaultAction> {
         let mut st = self.lock();
-        let idx = st
-            .faults
-            .iter()
-            .position(|f| f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)))?;
+        let idx =
+            st.faults.iter().position(|f| f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)))?;
         let f = &mut st.faults[idx];
         let action = match f.kind {
             FaultKind::Status { status } => FaultAction::Respond(status),
@@ -509,10 +479,7 @@ impl Sim {
         let rate = f64::from(self.config.rate_limit_per_sec.max(1));
         let mut st = self.lock();
         let now = Instant::now();
-        let b = st.buckets.entry(client_id.to_string()).or_insert(Bucket {
-            tokens: rate,
-            last: now,
-        });
+        let b = st.buckets.entry(client_id.to_string()).or_insert(Bucket { tokens: rate, last: now });
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
         b.last = now;
         if b.tokens >= 1.0 {
@@ -552,28 +519,21 @@ impl Sim {
 
     pub(crate) fn with_store<T>(&self, tenant: &str, f: impl FnOnce(&Store) -> T) -> Result<T, SimError> {
         let st = self.lock();
-        let t = st
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         Ok(f(&t.store))
     }
 
     /// All records of an entity, including soft-deleted ones, in id order (full JSON form).
     pub fn list_records(&self, tenant: &str, entity: Entity) -> Result<Vec<Value>, SimError> {
         self.with_store(tenant, |s| {
-            s.get(&entity)
-                .map(|m| m.values().map(Record::to_json).collect())
-                .unwrap_or_default()
+            s.get(&entity).map(|m| m.values().map(Record::to_json).collect()).unwrap_or_default()
         })
     }
 
     /// One record (full JSON form).
     pub fn get_record(&self, tenant: &str, entity: Entity, id: u64) -> Result<Value, SimError> {
-        self.with_store(tenant, |s| {
-            s.get(&entity).and_then(|m| m.get(&id)).map(Record::to_json)
-        })?
-        .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))
+        self.with_store(tenant, |s| s.get(&entity).and_then(|m| m.get(&id)).map(Record::to_json))?
+            .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))
     }
 
     /// Creates a record from `fields` (names as in the GraphQL type; relations as `"123"` or
@@ -586,19 +546,10 @@ impl Sim {
     ) -> Result<Value, SimError> {
         let now = Utc::now();
         let mut st = self.lock();
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let id = t.next_id;
-        let mut rec = Record {
-            id,
-            entity,
-            deleted: false,
-            creation: now,
-            modification: now,
-            fields: Map::new(),
-        };
+        let mut rec =
+            Record { id, entity, deleted: false, creation: now, modification: now, fields: Map::new() };
         if let Some(f) = entity.id_field() {
             rec.fields.insert(f.into(), json!(id));
         }
@@ -624,10 +575,7 @@ impl Sim {
         fields: Map<String, Value>,
     ) -> Result<Value, SimError> {
         let mut st = self.lock();
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let rec = t
             .store
             .get_mut(&entity)
@@ -649,10 +597,7 @@ impl Sim {
             return self.hard_delete_record(tenant, entity, id);
         }
         let mut st = self.lock();
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let rec = t
             .store
             .get_mut(&entity)
@@ -661,13 +606,7 @@ impl Sim {
         rec.deleted = true;
         bump(rec);
         drop(st);
-        self.emit(
-            tenant,
-            entity,
-            id,
-            "updated",
-            vec!["deleted".into(), "modificationdate".into()],
-        );
+        self.emit(tenant, entity, id, "updated", vec!["deleted".into(), "modificationdate".into()]);
         if self.config.emit_deleted_events {
             self.emit(tenant, entity, id, "deleted", vec![]);
         }
@@ -677,10 +616,7 @@ impl Sim {
     /// Hard delete: the record is gone (`:deleted` only when `emit_deleted_events`).
     pub fn hard_delete_record(&self, tenant: &str, entity: Entity, id: u64) -> Result<(), SimError> {
         let mut st = self.lock();
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         t.store
             .get_mut(&entity)
             .and_then(|m| m.remove(&id))
@@ -735,14 +671,9 @@ impl Sim {
     // ---------------------------------------------------------------- webhooks
 
     fn activated(st: &State, tenant: &str) -> Result<(), SimError> {
-        let t = st
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         if !t.webhooks_activated {
-            return Err(SimError::Forbidden(format!(
-                "Webhooks are not activated for tenant '{tenant}'"
-            )));
+            return Err(SimError::Forbidden(format!("Webhooks are not activated for tenant '{tenant}'")));
         }
         Ok(())
     }
@@ -771,27 +702,15 @@ impl Sim {
             created: Utc::now(),
         };
         let mut st = self.lock();
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
-        t.applications.insert(
-            info.id.clone(),
-            Application {
-                info: info.clone(),
-                key: Arc::new(key),
-            },
-        );
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+        t.applications.insert(info.id.clone(), Application { info: info.clone(), key: Arc::new(key) });
         Ok(info)
     }
 
     /// All applications of a tenant (everyone's), oldest first.
     pub fn applications(&self, tenant: &str) -> Result<Vec<ApplicationInfo>, SimError> {
         let st = self.lock();
-        let t = st
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let mut v: Vec<ApplicationInfo> = t.applications.values().map(|a| a.info.clone()).collect();
         v.sort_by_key(|a| a.created);
         Ok(v)
@@ -805,14 +724,8 @@ impl Sim {
     pub(crate) fn api_application(&self, tenant: &str, app: &str) -> Result<ApplicationInfo, SimError> {
         let st = self.lock();
         Self::activated(&st, tenant)?;
-        let t = st
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
-        t.applications
-            .get(app)
-            .map(|a| a.info.clone())
-            .ok_or_else(|| not_found("Application", app))
+        let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+        t.applications.get(app).map(|a| a.info.clone()).ok_or_else(|| not_found("Application", app))
     }
 
     /// Deletes an application and its webhooks; `caller` must be the owner (`None` = admin, no check).
@@ -821,14 +734,8 @@ impl Sim {
         if caller.is_some() {
             Self::activated(&st, tenant)?;
         }
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
-        let a = t
-            .applications
-            .get(app)
-            .ok_or_else(|| not_found("Application", app))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+        let a = t.applications.get(app).ok_or_else(|| not_found("Application", app))?;
         if let Some(c) = caller
             && a.info.owner != c
         {
@@ -850,10 +757,7 @@ impl Sim {
     ) -> Result<WebhookInfo, SimError> {
         let mut st = self.lock();
         Self::activated(&st, tenant)?;
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         if !t.applications.contains_key(app) {
             return Err(not_found("Application", app));
         }
@@ -862,15 +766,9 @@ impl Sim {
             .and_then(Value::as_str)
             .filter(|u| Url::parse(u).is_ok())
             .ok_or_else(|| SimError::BadRequest("'url' must be an absolute URL".into()))?;
-        let filters = body
-            .get("filters")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let filters = body.get("filters").and_then(Value::as_array).cloned().unwrap_or_default();
         if filters.len() > 10 {
-            return Err(SimError::BadRequest(
-                "A webhook can have at most 10 filters".into(),
-            ));
+            return Err(SimError::BadRequest("A webhook can have at most 10 filters".into()));
         }
         for f in &filters {
             if filter_event(f).is_none() {
@@ -879,21 +777,13 @@ impl Sim {
                 ));
             }
         }
-        let custom_headers = body
-            .get("customHeaders")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let custom_headers = body.get("customHeaders").and_then(Value::as_array).cloned().unwrap_or_default();
         for h in &custom_headers {
             let Some(name) = h.get("name").and_then(Value::as_str) else {
-                return Err(SimError::BadRequest(
-                    "customHeaders need 'name' and 'value'".into(),
-                ));
+                return Err(SimError::BadRequest("customHeaders need 'name' and 'value'".into()));
             };
             if h.get("value").and_then(Value::as_str).is_none() {
-                return Err(SimError::BadRequest(
-                    "customHeaders need 'name' and 'value'".into(),
-                ));
+                return Err(SimError::BadRequest("customHeaders need 'name' and 'value'".into()));
             }
             if ["cx-signature", "cx-payload-schema-version", "content-type"]
                 .contains(&name.to_lowercase().as_str())
@@ -918,21 +808,14 @@ impl Sim {
     /// All webhooks of a tenant, or of one application, oldest first.
     pub fn webhooks(&self, tenant: &str, app: Option<&str>) -> Result<Vec<WebhookInfo>, SimError> {
         let st = self.lock();
-        let t = st
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         if let Some(a) = app
             && !t.applications.contains_key(a)
         {
             return Err(not_found("Application", a));
         }
-        let mut v: Vec<WebhookInfo> = t
-            .webhooks
-            .values()
-            .filter(|w| app.is_none_or(|a| w.application_id == a))
-            .cloned()
-            .collect();
+        let mut v: Vec<WebhookInfo> =
+            t.webhooks.values().filter(|w| app.is_none_or(|a| w.application_id == a)).cloned().collect();
         v.sort_by_key(|w| w.created);
         Ok(v)
     }
@@ -961,10 +844,7 @@ impl Sim {
         if caller.is_some() {
             Self::activated(&st, tenant)?;
         }
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let w = t.webhooks.get_mut(id).ok_or_else(|| not_found("Webhook", id))?;
         if let Some(c) = caller
             && w.owner != c
@@ -981,10 +861,7 @@ impl Sim {
         if caller.is_some() {
             Self::activated(&st, tenant)?;
         }
-        let t = st
-            .tenants
-            .get_mut(tenant)
-            .ok_or_else(|| not_found("tenant", tenant))?;
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let w = t.webhooks.get(id).ok_or_else(|| not_found("Webhook", id))?;
         if let Some(c) = caller
             && w.owner != c
@@ -997,11 +874,7 @@ impl Sim {
 }
 
 fn new_secret() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 fn not_found(what: &str, id: &str) -> SimError {
@@ -1017,33 +890,22 @@ fn not_owner(what: &str, id: &str) -> SimError {
 fn bump(rec: &mut Record) {
     let now = Utc::now();
     let floor = rec.modification + chrono::Duration::seconds(1);
-    rec.modification = if now.timestamp() > rec.modification.timestamp() {
-        now
-    } else {
-        floor
-    };
+    rec.modification = if now.timestamp() > rec.modification.timestamp() { now } else { floor };
 }
 
 /// The event name of a filter (`eventType` or `type`).
 pub(crate) fn filter_event(f: &Value) -> Option<&str> {
-    f.get("eventType")
-        .or_else(|| f.get("type"))
-        .and_then(Value::as_str)
+    f.get("eventType").or_else(|| f.get("type")).and_then(Value::as_str)
 }
 
 fn filters_match(filters: &[Value], event: &str) -> bool {
-    filters
-        .iter()
-        .any(|f| filter_event(f).is_some_and(|e| e.eq_ignore_ascii_case(event)))
+    filters.iter().any(|f| filter_event(f).is_some_and(|e| e.eq_ignore_ascii_case(event)))
 }
 
 fn apply_fields(rec: &mut Record, fields: Map<String, Value>) -> Result<Vec<String>, SimError> {
     let mut changed = Vec::new();
     for (k, v) in fields {
-        if matches!(
-            k.as_str(),
-            "_id" | "_kind" | "creationDate" | "modificationDate" | "deleted"
-        ) {
+        if matches!(k.as_str(), "_id" | "_kind" | "creationDate" | "modificationDate" | "deleted") {
             if k == "deleted" && rec.entity.has_deleted() {
                 let d = v.as_i64().unwrap_or_default() != 0 || v.as_bool().unwrap_or(false);
                 if d != rec.deleted {

@@ -17,10 +17,7 @@ use sha2::Sha256;
 async fn start(activated: bool, tweak: impl FnOnce(&mut Config)) -> SimHandle {
     let mut c = Config::for_tests();
     c.records_per_entity = 60;
-    c.tenants.push(TenantConfig {
-        name: "acme".into(),
-        webhooks_activated: activated,
-    });
+    c.tenants.push(TenantConfig { name: "acme".into(), webhooks_activated: activated });
     c.clients.push(ClientConfig {
         tenant: "acme".into(),
         client_id: "demo-client".into(),
@@ -37,19 +34,12 @@ fn url(h: &SimHandle, path: &str) -> String {
 async fn token_for(h: &SimHandle, id: &str, secret: &str) -> String {
     let r = reqwest::Client::new()
         .post(url(h, "auth/realms/acme/protocol/openid-connect/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", id),
-            ("client_secret", secret),
-        ])
+        .form(&[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)])
         .send()
         .await
         .expect("send");
     assert_eq!(r.status(), 200);
-    r.json::<Value>().await.expect("json")["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string()
+    r.json::<Value>().await.expect("json")["access_token"].as_str().expect("token").to_string()
 }
 
 async fn token(h: &SimHandle) -> String {
@@ -83,12 +73,7 @@ async fn a_token_is_issued_for_both_client_auth_methods() {
     assert_eq!(v["expires_in"], 300);
     assert_eq!(v["refresh_expires_in"], 0);
     assert_eq!(v["not-before-policy"], 0);
-    assert!(
-        v["scope"]
-            .as_str()
-            .expect("scope")
-            .contains("urn:cx/webhooks:data:manage")
-    );
+    assert!(v["scope"].as_str().expect("scope").contains("urn:cx/webhooks:data:manage"));
     let t = token(&h).await;
     assert!(t.starts_with("eyJ"));
     let jwks: Value = c
@@ -149,10 +134,7 @@ async fn a_token_is_refused_for_a_wrong_secret_a_bad_scope_or_grant_and_a_revoke
     ])
     .await
     .expect("send");
-    assert_eq!(
-        r.json::<Value>().await.expect("json")["error"],
-        "unsupported_grant_type"
-    );
+    assert_eq!(r.json::<Value>().await.expect("json")["error"], "unsupported_grant_type");
     let old = token(&h).await;
     h.sim().revoke_client("demo-client").expect("revoke");
     let r = send(vec![
@@ -164,12 +146,7 @@ async fn a_token_is_refused_for_a_wrong_secret_a_bad_scope_or_grant_and_a_revoke
     .expect("send");
     assert_eq!(r.status(), 401);
     // issued tokens stay valid after revocation
-    assert_eq!(
-        gql(&h, &old, "{ crCompanyPage { totalElements } }")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(gql(&h, &old, "{ crCompanyPage { totalElements } }").await.status(), 200);
     h.shutdown().await;
 }
 
@@ -186,22 +163,11 @@ async fn graphql_needs_a_valid_token_and_expired_tokens_get_401() {
         .expect("send");
     assert_eq!(r.status(), 401);
     let t = token(&h).await;
-    assert_eq!(
-        gql(&h, &t, "{ crEmployeePage { totalElements } }").await.status(),
-        200
-    );
+    assert_eq!(gql(&h, &t, "{ crEmployeePage { totalElements } }").await.status(), 200);
     h.sim().expire_tokens();
-    assert_eq!(
-        gql(&h, &t, "{ crEmployeePage { totalElements } }").await.status(),
-        401
-    );
+    assert_eq!(gql(&h, &t, "{ crEmployeePage { totalElements } }").await.status(), 401);
     let t2 = token(&h).await;
-    assert_eq!(
-        gql(&h, &t2, "{ crEmployeePage { totalElements } }")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(gql(&h, &t2, "{ crEmployeePage { totalElements } }").await.status(), 200);
     h.shutdown().await;
 }
 
@@ -237,21 +203,12 @@ async fn an_invalid_graphql_document_gets_a_validation_error_with_status_200() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["errors"][0]["extensions"]["classification"], "ValidationError");
-    let v: Value = gql(
-        &h,
-        &t,
-        r#"{ crMatchPage(qualifier: "title ~ 'x'") { totalElements } }"#,
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
-    assert!(
-        v["errors"][0]["message"]
-            .as_str()
-            .expect("m")
-            .contains("qualifier")
-    );
+    let v: Value = gql(&h, &t, r#"{ crMatchPage(qualifier: "title ~ 'x'") { totalElements } }"#)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(v["errors"][0]["message"].as_str().expect("m").contains("qualifier"));
     h.shutdown().await;
 }
 
@@ -265,18 +222,12 @@ async fn the_rate_limit_answers_429_with_retry_after() {
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             assert_eq!(r.headers()["retry-after"], "1");
-            assert_eq!(
-                r.json::<Value>().await.expect("json")["errors"][0]["message"],
-                "Too Many Requests"
-            );
+            assert_eq!(r.json::<Value>().await.expect("json")["errors"][0]["message"], "Too Many Requests");
         }
     }
     assert!(statuses.contains(&429), "{statuses:?}");
     let log = h.sim().request_log();
-    assert!(
-        log.iter()
-            .any(|e| e.operation == "graphql:crCompanyPage" && e.status == 429)
-    );
+    assert!(log.iter().any(|e| e.operation == "graphql:crCompanyPage" && e.status == 429));
     assert!(log.iter().any(|e| e.operation == "token" && e.status == 200));
     h.shutdown().await;
 }
@@ -290,14 +241,8 @@ async fn injected_faults_answer_before_normal_handling() {
         count: Some(1),
         path_prefix: Some("/graphql".into()),
     });
-    assert_eq!(
-        gql(&h, &t, "{ crCompanyPage { totalElements } }").await.status(),
-        503
-    );
-    assert_eq!(
-        gql(&h, &t, "{ crCompanyPage { totalElements } }").await.status(),
-        200
-    );
+    assert_eq!(gql(&h, &t, "{ crCompanyPage { totalElements } }").await.status(), 503);
+    assert_eq!(gql(&h, &t, "{ crCompanyPage { totalElements } }").await.status(), 200);
     h.shutdown().await;
 }
 
@@ -318,12 +263,7 @@ async fn webhooks_need_the_scope_and_an_activated_tenant() {
     let h = start(true, |_| {}).await;
     let creds = h
         .sim()
-        .register_client(
-            "acme",
-            None,
-            None,
-            Some(vec!["urn:cx/cx5Wrapper:data:manage".into()]),
-        )
+        .register_client("acme", None, None, Some(vec!["urn:cx/cx5Wrapper:data:manage".into()]))
         .expect("client");
     let t = token_for(&h, &creds.client_id, &creds.secret).await;
     let r = reqwest::Client::new()
@@ -351,23 +291,14 @@ async fn webhooks_need_the_scope_and_an_activated_tenant() {
         .expect("send");
     assert_eq!(r.status(), 403);
     let v: Value = r.json().await.expect("json");
-    assert!(
-        v["errors"][0]["message"]
-            .as_str()
-            .expect("m")
-            .contains("not activated")
-    );
+    assert!(v["errors"][0]["message"].as_str().expect("m").contains("not activated"));
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn another_clients_application_cannot_be_deleted_and_limits_are_enforced() {
     let h = start(true, |_| {}).await;
-    let other = h
-        .sim()
-        .create_application("acme", "someone-else", "theirs")
-        .await
-        .expect("app");
+    let other = h.sim().create_application("acme", "someone-else", "theirs").await.expect("app");
     let t = token(&h).await;
     let c = reqwest::Client::new();
     let mine = create_app(&h, &t, "mine").await;
@@ -397,17 +328,10 @@ async fn another_clients_application_cannot_be_deleted_and_limits_are_enforced()
         .await
         .expect("send");
     assert_eq!(r.status(), 403);
-    let r = c
-        .delete(url(&h, "webhooks/v1/applications/nope"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("send");
+    let r = c.delete(url(&h, "webhooks/v1/applications/nope")).bearer_auth(&t).send().await.expect("send");
     assert_eq!(r.status(), 404);
     let app_id = mine["_id"].as_str().expect("id");
-    let filters: Vec<Value> = (0..11)
-        .map(|_| json!({"eventType": "cremployee:created"}))
-        .collect();
+    let filters: Vec<Value> = (0..11).map(|_| json!({"eventType": "cremployee:created"})).collect();
     let r = c
         .post(url(&h, &format!("webhooks/v1/applications/{app_id}/webhooks")))
         .bearer_auth(&t)
@@ -426,13 +350,7 @@ async fn another_clients_application_cannot_be_deleted_and_limits_are_enforced()
         )
         .expect("wh");
     let r = c
-        .post(url(
-            &h,
-            &format!(
-                "webhooks/v1/applications/{}/webhooks/{}/disable",
-                other.id, theirs.id
-            ),
-        ))
+        .post(url(&h, &format!("webhooks/v1/applications/{}/webhooks/{}/disable", other.id, theirs.id)))
         .bearer_auth(&t)
         .send()
         .await
@@ -462,11 +380,7 @@ async fn receiver(fail_first: usize) -> (String, Received) {
             async move {
                 let mut v = r.0.lock().expect("lock");
                 v.push((headers, body));
-                if v.len() <= fail_first {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    StatusCode::NO_CONTENT
-                }
+                if v.len() <= fail_first { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::NO_CONTENT }
             }
         }),
     );
@@ -498,10 +412,8 @@ async fn a_signed_delivery_verifies_with_the_application_public_key_after_a_retr
     let r = reqwest::Client::new()
         .post(url(&h, &format!("webhooks/v1/applications/{app_id}/webhooks")))
         .bearer_auth(&t)
-        .json(
-            &json!({"_kind": "Webhook", "url": hook, "filters": [{"eventType": "CREmployee:updated"}],
-            "customHeaders": [{"name": "x-api-key", "value": "k1"}]}),
-        )
+        .json(&json!({"_kind": "Webhook", "url": hook, "filters": [{"eventType": "CREmployee:updated"}],
+            "customHeaders": [{"name": "x-api-key", "value": "k1"}]}))
         .send()
         .await
         .expect("send");
@@ -516,10 +428,7 @@ async fn a_signed_delivery_verifies_with_the_application_public_key_after_a_retr
     let before = h.sim().get_record("acme", Entity::Employee, id).expect("rec")["modificationDate"].clone();
     let mut fields = serde_json::Map::new();
     fields.insert("firstName".into(), json!("Gerrit"));
-    let after = h
-        .sim()
-        .update_record("acme", Entity::Employee, id, fields)
-        .expect("update");
+    let after = h.sim().update_record("acme", Entity::Employee, id, fields).expect("update");
     assert_ne!(after["modificationDate"], before);
     wait_for(&rec, 2).await;
     let (headers, body) = rec.0.lock().expect("lock")[1].clone();
@@ -528,22 +437,14 @@ async fn a_signed_delivery_verifies_with_the_application_public_key_after_a_retr
     assert_eq!(headers["x-api-key"], "k1");
     let pem = app["signatureVerification"]["publicKey"].as_str().expect("pem");
     let key = VerifyingKey::<Sha256>::new(rsa::RsaPublicKey::from_public_key_pem(pem).expect("pem"));
-    let sig = STANDARD
-        .decode(headers["cx-signature"].to_str().expect("ascii"))
-        .expect("b64");
-    key.verify(&body, &Signature::try_from(sig.as_slice()).expect("sig"))
-        .expect("signature verifies");
+    let sig = STANDARD.decode(headers["cx-signature"].to_str().expect("ascii")).expect("b64");
+    key.verify(&body, &Signature::try_from(sig.as_slice()).expect("sig")).expect("signature verifies");
     let payload: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(payload["type"], "cremployee:updated");
     assert_eq!(payload["tenant"], "acme");
     assert_eq!(payload["applicationId"], app_id);
     assert_eq!(payload["data"]["entityId"], id.to_string());
-    assert!(
-        payload["data"]["changedFields"]
-            .as_array()
-            .expect("cf")
-            .contains(&json!("firstname"))
-    );
+    assert!(payload["data"]["changedFields"].as_array().expect("cf").contains(&json!("firstname")));
     let log = h.sim().delivery_log();
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].status_code, Some(500));

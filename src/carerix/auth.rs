@@ -80,10 +80,7 @@ pub struct Credentials {
 impl Credentials {
     /// Credentials from an id and a secret.
     pub fn new(client_id: impl Into<String>, client_secret: impl Into<SecretString>) -> Self {
-        Credentials {
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
-        }
+        Credentials { client_id: client_id.into(), client_secret: client_secret.into() }
     }
 }
 
@@ -210,10 +207,7 @@ impl TokenSource {
     pub(crate) async fn info(&self, http: &reqwest::Client, observer: &dyn Observer) -> Result<TokenInfo> {
         self.bearer(http, observer).await?;
         let cache = self.cache.lock().await;
-        cache
-            .as_ref()
-            .map(CachedToken::info)
-            .ok_or_else(|| Error::decode("token", "no token cached"))
+        cache.as_ref().map(CachedToken::info).ok_or_else(|| Error::decode("token", "no token cached"))
     }
 
     /// Drops the cached token if it is still the one of `generation` (the API rejected it).
@@ -232,22 +226,12 @@ impl TokenSource {
 
     #[tracing::instrument(skip_all, fields(tenant = %self.tenant, operation = "token"))]
     async fn fetch(&self, http: &reqwest::Client, observer: &dyn Observer) -> Result<CachedToken> {
-        let first = if self.use_post.load(Ordering::Relaxed) {
-            AuthMethod::Post
-        } else {
-            AuthMethod::Basic
-        };
+        let first = if self.use_post.load(Ordering::Relaxed) { AuthMethod::Post } else { AuthMethod::Basic };
         match self.request(http, observer, first).await {
             Ok(token) => Ok(token),
             Err(Fallback(status, code)) if first == AuthMethod::Basic && fallback_applies(status, &code) => {
-                debug!(
-                    status,
-                    "client_secret_basic rejected, retrying with client_secret_post"
-                );
-                let token = self
-                    .request(http, observer, AuthMethod::Post)
-                    .await
-                    .map_err(|f| f.1)?;
+                debug!(status, "client_secret_basic rejected, retrying with client_secret_post");
+                let token = self.request(http, observer, AuthMethod::Post).await.map_err(|f| f.1)?;
                 self.use_post.store(true, Ordering::Relaxed);
                 Ok(token)
             }
@@ -268,9 +252,8 @@ impl TokenSource {
         }
         let id = self.credentials.client_id.as_str();
         let secret = self.credentials.client_secret.expose_secret();
-        let mut builder = http
-            .post(self.token_url.clone())
-            .header(reqwest::header::ACCEPT, "application/json");
+        let mut builder =
+            http.post(self.token_url.clone()).header(reqwest::header::ACCEPT, "application/json");
         match method {
             AuthMethod::Basic => builder = builder.basic_auth(id, Some(secret)),
             AuthMethod::Post => {
@@ -292,9 +275,7 @@ impl TokenSource {
         observer.on_request("token", Some(status), start.elapsed());
         let body = body.map_err(|e| Fallback(0, Error::transport("token", e)))?;
         if !(200..300).contains(&status) {
-            let code = serde_json::from_slice::<TokenErrorBody>(&body)
-                .unwrap_or_default()
-                .error;
+            let code = serde_json::from_slice::<TokenErrorBody>(&body).unwrap_or_default().error;
             let message = message_from_body(&body);
             let err = classify_token_error(&self.tenant, status, code.as_deref(), message, &headers);
             return Err(Fallback(status, err));
@@ -342,9 +323,7 @@ fn classify_token_error(
     match code {
         Some("invalid_client" | "unauthorized_client") => Error::InvalidClient { status, message },
         Some("invalid_scope") => Error::InvalidScope { status, message },
-        _ if status == 404 => Error::RealmNotFound {
-            tenant: tenant.to_owned(),
-        },
+        _ if status == 404 => Error::RealmNotFound { tenant: tenant.to_owned() },
         _ if status == 401 => Error::InvalidClient { status, message },
         _ => Error::Token {
             status,
@@ -357,18 +336,14 @@ fn classify_token_error(
 /// The `scope` claim of a JWT, read without verifying the signature.
 pub(crate) fn jwt_scopes(token: &str) -> Option<Vec<String>> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     match claims.get("scope").or_else(|| claims.get("scp"))? {
         serde_json::Value::String(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
-        serde_json::Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-        ),
+        serde_json::Value::Array(items) => {
+            Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        }
         _ => None,
     }
 }
@@ -380,10 +355,7 @@ mod tests {
     #[test]
     fn refresh_schedule() {
         assert_eq!(refresh_after(Duration::from_secs(300)), Duration::from_secs(240));
-        assert_eq!(
-            refresh_after(Duration::from_secs(3600)),
-            Duration::from_secs(3540)
-        );
+        assert_eq!(refresh_after(Duration::from_secs(3600)), Duration::from_secs(3540));
         assert_eq!(refresh_after(Duration::from_secs(10)), Duration::from_secs(8));
         assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
     }
@@ -406,10 +378,7 @@ mod tests {
         let token = format!("{header}.{payload}.c2ln");
         assert_eq!(
             jwt_scopes(&token),
-            Some(vec![
-                "urn:cx/graphql:data:manage".to_owned(),
-                "urn:cx/webhooks:data:manage".to_owned()
-            ])
+            Some(vec!["urn:cx/graphql:data:manage".to_owned(), "urn:cx/webhooks:data:manage".to_owned()])
         );
         assert_eq!(jwt_scopes("opaque-token"), None);
     }
@@ -425,21 +394,9 @@ mod tests {
             classify_token_error("t", 400, Some("unauthorized_client"), None, &h).reason(),
             "InvalidClient"
         );
-        assert_eq!(
-            classify_token_error("t", 400, Some("invalid_scope"), None, &h).reason(),
-            "InvalidScope"
-        );
-        assert_eq!(
-            classify_token_error("t", 404, None, None, &h).reason(),
-            "RealmNotFound"
-        );
-        assert_eq!(
-            classify_token_error("t", 500, None, None, &h).reason(),
-            "CarerixUnavailable"
-        );
-        assert_eq!(
-            classify_token_error("t", 400, Some("invalid_request"), None, &h).reason(),
-            "TokenError"
-        );
+        assert_eq!(classify_token_error("t", 400, Some("invalid_scope"), None, &h).reason(), "InvalidScope");
+        assert_eq!(classify_token_error("t", 404, None, None, &h).reason(), "RealmNotFound");
+        assert_eq!(classify_token_error("t", 500, None, None, &h).reason(), "CarerixUnavailable");
+        assert_eq!(classify_token_error("t", 400, Some("invalid_request"), None, &h).reason(), "TokenError");
     }
 }

@@ -58,10 +58,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// No retries at all.
     pub fn none() -> Self {
-        RetryPolicy {
-            max_retries: 0,
-            ..RetryPolicy::default()
-        }
+        RetryPolicy { max_retries: 0, ..RetryPolicy::default() }
     }
 
     /// The delay before retry number `retry` (0-based), or `None` if Carerix asked for a wait
@@ -73,10 +70,8 @@ impl RetryPolicy {
         if retry_after.is_some_and(|r| r > self.max_retry_after) {
             return None;
         }
-        let exp = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry.min(16)))
-            .min(self.max_backoff);
+        let exp =
+            self.initial_backoff.saturating_mul(2u32.saturating_pow(retry.min(16))).min(self.max_backoff);
         let half = exp / 2;
         let jitter = if half.is_zero() {
             Duration::ZERO
@@ -225,28 +220,19 @@ impl CarerixClientBuilder {
     /// [`Error::Config`] when the tenant or credentials are missing or empty, the tenant is not a
     /// plain realm name, a URL is not an absolute `http(s)` URL, or the HTTP client cannot be built.
     pub fn build(self) -> Result<CarerixClient> {
-        let tenant = self
-            .tenant
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| config("tenant is required"))?;
-        if tenant
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '%' | '\\'))
-        {
+        let tenant =
+            self.tenant.filter(|t| !t.trim().is_empty()).ok_or_else(|| config("tenant is required"))?;
+        if tenant.chars().any(|c| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '%' | '\\')) {
             return Err(config(format!("tenant {tenant:?} is not a valid realm name")));
         }
-        let credentials = self
-            .credentials
-            .ok_or_else(|| config("credentials are required"))?;
+        let credentials = self.credentials.ok_or_else(|| config("credentials are required"))?;
         if credentials.client_id.is_empty() || credentials.client_secret.is_empty() {
             return Err(config("client id and client secret must not be empty"));
         }
         let identity_url = base_url("identity_url", &self.identity_url)?;
         let api_url = base_url("api_url", &self.api_url)?;
-        let token_url = join(
-            &identity_url,
-            &["auth", "realms", &tenant, "protocol", "openid-connect", "token"],
-        )?;
+        let token_url =
+            join(&identity_url, &["auth", "realms", &tenant, "protocol", "openid-connect", "token"])?;
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
@@ -270,9 +256,7 @@ impl CarerixClientBuilder {
 }
 
 fn config(reason: impl Into<String>) -> Error {
-    Error::Config {
-        reason: reason.into(),
-    }
+    Error::Config { reason: reason.into() }
 }
 
 fn base_url(name: &str, value: &str) -> Result<Url> {
@@ -377,10 +361,7 @@ impl CarerixClient {
     /// The token errors: [`Error::InvalidClient`], [`Error::InvalidScope`],
     /// [`Error::RealmNotFound`], [`Error::Token`], [`Error::Transport`], [`Error::Decode`].
     pub async fn token_info(&self) -> Result<TokenInfo> {
-        self.inner
-            .tokens
-            .info(&self.inner.http, self.inner.observer.as_ref())
-            .await
+        self.inner.tokens.info(&self.inner.http, self.inner.observer.as_ref()).await
     }
 
     /// Forgets the cached access token; the next request fetches a new one.
@@ -417,20 +398,15 @@ impl CarerixClient {
             };
             retries += 1;
             debug!(retry = retries, reason = error.reason(), status = ?error.status(), ?delay, "retrying Carerix request");
-            self.inner
-                .observer
-                .on_retry(operation, retries, error.reason(), delay);
+            self.inner.observer.on_retry(operation, retries, error.reason(), delay);
             tokio::time::sleep(delay).await;
         }
     }
 
     async fn attempt(&self, operation: &str, request: &ApiRequest<'_>) -> Result<ApiResponse, AttemptError> {
         let inner = &self.inner;
-        let (token, generation) = inner
-            .tokens
-            .bearer(&inner.http, inner.observer.as_ref())
-            .await
-            .map_err(AttemptError::Other)?;
+        let (token, generation) =
+            inner.tokens.bearer(&inner.http, inner.observer.as_ref()).await.map_err(AttemptError::Other)?;
         let waited = inner.limiter.until_ready().await;
         inner.observer.on_rate_limit_wait(&inner.tenant, waited);
 
@@ -453,9 +429,7 @@ impl CarerixClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await;
-        inner
-            .observer
-            .on_request(operation, Some(status), start.elapsed());
+        inner.observer.on_request(operation, Some(status), start.elapsed());
         let body = body.map_err(|e| AttemptError::Other(Error::transport(operation, e)))?;
         if (200..300).contains(&status) {
             return Ok(ApiResponse { body });
@@ -492,10 +466,7 @@ mod tests {
     fn backoff_grows_and_honours_retry_after() {
         let policy = RetryPolicy::default();
         for retry in 0..6 {
-            let exp = policy
-                .initial_backoff
-                .saturating_mul(2u32.pow(retry))
-                .min(policy.max_backoff);
+            let exp = policy.initial_backoff.saturating_mul(2u32.pow(retry)).min(policy.max_backoff);
             let d = policy.delay(retry, None).unwrap_or_default();
             assert!(d >= exp / 2 && d <= exp, "{retry}: {d:?} vs {exp:?}");
         }
@@ -509,27 +480,12 @@ mod tests {
         let creds = || Credentials::new("id", "secret");
         assert!(CarerixClient::builder().credentials(creds()).build().is_err());
         assert!(CarerixClient::builder().tenant("t").build().is_err());
+        assert!(CarerixClient::builder().tenant("a/b").credentials(creds()).build().is_err());
         assert!(
-            CarerixClient::builder()
-                .tenant("a/b")
-                .credentials(creds())
-                .build()
-                .is_err()
+            CarerixClient::builder().tenant("t").credentials(creds()).api_url("ftp://x").build().is_err()
         );
         assert!(
-            CarerixClient::builder()
-                .tenant("t")
-                .credentials(creds())
-                .api_url("ftp://x")
-                .build()
-                .is_err()
-        );
-        assert!(
-            CarerixClient::builder()
-                .tenant("t")
-                .credentials(Credentials::new("id", ""))
-                .build()
-                .is_err()
+            CarerixClient::builder().tenant("t").credentials(Credentials::new("id", "")).build().is_err()
         );
         let client = CarerixClient::builder()
             .tenant("confair")
@@ -553,9 +509,6 @@ mod tests {
     fn join_appends_segments() {
         let base = Url::parse("http://127.0.0.1:8080/prefix/").unwrap_or_else(|e| panic!("{e}"));
         let url = join(&base, &["webhooks", "v1", "applications", "a b"]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            url.as_str(),
-            "http://127.0.0.1:8080/prefix/webhooks/v1/applications/a%20b"
-        );
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/prefix/webhooks/v1/applications/a%20b");
     }
 }

@@ -114,9 +114,7 @@ impl Entity {
     /// The entity whose event prefix this is (case-insensitive), e.g. from `CREmployee:updated`.
     pub fn from_event_type(event_type: &str) -> Option<Entity> {
         let prefix = event_type.split(':').next().unwrap_or_default();
-        Entity::ALL
-            .into_iter()
-            .find(|e| e.event_prefix().eq_ignore_ascii_case(prefix))
+        Entity::ALL.into_iter().find(|e| e.event_prefix().eq_ignore_ascii_case(prefix))
     }
 
     /// The selection set of one record, exactly as in `docs/carerix-surface.md`.
@@ -182,15 +180,9 @@ impl Entity {
                 "modificationDate",
                 "deleted",
             ],
-            Entity::Matches => &[
-                "_id",
-                "_kind",
-                "title",
-                "motivation",
-                "notes",
-                "creationDate",
-                "modificationDate",
-            ],
+            Entity::Matches => {
+                &["_id", "_kind", "title", "motivation", "notes", "creationDate", "modificationDate"]
+            }
             Entity::Publications => &[
                 "_id",
                 "_kind",
@@ -264,21 +256,12 @@ mod tests {
     fn names_round_trip() {
         for e in Entity::ALL {
             assert_eq!(e.to_string().parse::<Entity>(), Ok(e));
-            assert_eq!(
-                serde_json::to_value(e).ok(),
-                Some(serde_json::Value::String(e.name().into()))
-            );
+            assert_eq!(serde_json::to_value(e).ok(), Some(serde_json::Value::String(e.name().into())));
             assert_eq!(serde_json::from_value::<Entity>(e.name().into()).ok(), Some(e));
-            assert_eq!(
-                Entity::from_event_type(&format!("{}:updated", e.event_prefix())),
-                Some(e)
-            );
+            assert_eq!(Entity::from_event_type(&format!("{}:updated", e.event_prefix())), Some(e));
         }
         assert!("jobs".parse::<Entity>().is_err());
-        assert_eq!(
-            Entity::from_event_type("CREmployee:created"),
-            Some(Entity::Candidates)
-        );
+        assert_eq!(Entity::from_event_type("CREmployee:created"), Some(Entity::Candidates));
         assert_eq!(Entity::from_event_type("crtodo:created"), None);
     }
 
@@ -308,9 +291,6 @@ mod tests {
     fn json_schema_is_a_string_enum() {
         let schema = schemars::schema_for!(Entity);
         let json = serde_json::to_string(&schema).unwrap_or_default();
-        assert!(
-            json.contains("\"candidates\"") && json.contains("\"publications\""),
-            "{json}"
-        );
+        assert!(json.contains("\"candidates\"") && json.contains("\"publications\""), "{json}");
     }
 }

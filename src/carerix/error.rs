@@ -191,9 +191,9 @@ impl Error {
         match self {
             Error::Api { status, .. } => *status == 404,
             Error::RealmNotFound { .. } => true,
-            Error::GraphQl { classification, .. } => classification
-                .as_deref()
-                .is_some_and(|c| c.eq_ignore_ascii_case("NOT_FOUND")),
+            Error::GraphQl { classification, .. } => {
+                classification.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("NOT_FOUND"))
+            }
             _ => false,
         }
     }
@@ -203,16 +203,10 @@ impl Error {
     pub fn is_forbidden(&self) -> bool {
         match self {
             Error::Api { status, .. } => *status == 403,
-            Error::GraphQl {
-                classification,
-                messages,
-                ..
-            } => {
+            Error::GraphQl { classification, messages, .. } => {
                 classification.as_deref().is_some_and(|c| {
                     c.eq_ignore_ascii_case("FORBIDDEN") || c.eq_ignore_ascii_case("UNAUTHORIZED")
-                }) || messages
-                    .iter()
-                    .any(|m| m.to_ascii_lowercase().contains("access denied"))
+                }) || messages.iter().any(|m| m.to_ascii_lowercase().contains("access denied"))
             }
             _ => false,
         }
@@ -230,11 +224,7 @@ impl Error {
             other => other.carerix_message()?.to_owned(),
         };
         let scopes = scopes_in(&text);
-        if scopes.is_empty() {
-            None
-        } else {
-            Some(scopes.join(" "))
-        }
+        if scopes.is_empty() { None } else { Some(scopes.join(" ")) }
     }
 
     /// A short, stable CamelCase reason for metrics labels and status conditions.
@@ -261,14 +251,8 @@ impl Error {
             Error::GraphQl { .. } if self.is_forbidden() => "Forbidden",
             Error::GraphQl { .. } if self.is_not_found() => "NotFound",
             Error::GraphQl { .. } => "GraphQLError",
-            Error::Transport {
-                kind: TransportKind::Timeout,
-                ..
-            } => "Timeout",
-            Error::Transport {
-                kind: TransportKind::Connect,
-                ..
-            } => "ConnectionFailed",
+            Error::Transport { kind: TransportKind::Timeout, .. } => "Timeout",
+            Error::Transport { kind: TransportKind::Connect, .. } => "ConnectionFailed",
             Error::Transport { .. } => "TransportError",
             Error::Decode { .. } => "Decode",
             Error::Timestamp(_) => "InvalidTimestamp",
@@ -283,18 +267,11 @@ impl Error {
         } else {
             TransportKind::Other
         };
-        Error::Transport {
-            operation: operation.to_owned(),
-            kind,
-            source: source.without_url_secrets(),
-        }
+        Error::Transport { operation: operation.to_owned(), kind, source: source.without_url_secrets() }
     }
 
     pub(crate) fn decode(operation: &str, reason: impl std::fmt::Display) -> Self {
-        Error::Decode {
-            operation: operation.to_owned(),
-            reason: reason.to_string(),
-        }
+        Error::Decode { operation: operation.to_owned(), reason: reason.to_string() }
     }
 
     /// Builds an [`Error::Api`] from a failed response's status, headers and body.
@@ -347,10 +324,8 @@ fn scopes_in(text: &str) -> Vec<String> {
 pub(crate) fn message_from_body(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
-        let messages: Vec<&str> = errors
-            .iter()
-            .filter_map(|e| e.get("message").and_then(|m| m.as_str()))
-            .collect();
+        let messages: Vec<&str> =
+            errors.iter().filter_map(|e| e.get("message").and_then(|m| m.as_str())).collect();
         if !messages.is_empty() {
             return Some(truncate(&messages.join("; ")));
         }
@@ -401,12 +376,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn api(status: u16, body: &str) -> Error {
-        Error::from_response(
-            "webhooks.list_applications",
-            status,
-            &Default::default(),
-            body.as_bytes(),
-        )
+        Error::from_response("webhooks.list_applications", status, &Default::default(), body.as_bytes())
     }
 
     #[test]
@@ -434,10 +404,7 @@ mod tests {
         assert_eq!(e.status(), Some(404));
         assert!(e.to_string().contains("Application not found"));
         assert!(e.to_string().contains("webhooks.list_applications"));
-        let e = api(
-            400,
-            r#"{"error":"invalid_request","error_description":"Bad thing"}"#,
-        );
+        let e = api(400, r#"{"error":"invalid_request","error_description":"Bad thing"}"#);
         assert_eq!(e.carerix_message(), Some("Bad thing"));
         assert_eq!(api(500, "<html>oops</html>").carerix_message(), None);
     }
@@ -457,10 +424,7 @@ mod tests {
         assert_eq!(owner.missing_scope(), None);
         assert_eq!(owner.reason(), "Forbidden");
         // A 400 mentioning a scope is not a missing scope.
-        assert_eq!(
-            api(400, r#"{"errors":[{"message":"urn:cx/x:data:manage"}]}"#).missing_scope(),
-            None
-        );
+        assert_eq!(api(400, r#"{"errors":[{"message":"urn:cx/x:data:manage"}]}"#).missing_scope(), None);
     }
 
     #[test]
@@ -484,49 +448,27 @@ mod tests {
 
     #[test]
     fn token_errors() {
-        let e = Error::InvalidClient {
-            status: 401,
-            message: Some("Invalid client credentials".into()),
-        };
+        let e = Error::InvalidClient { status: 401, message: Some("Invalid client credentials".into()) };
         assert_eq!(e.reason(), "InvalidClient");
         assert!(!e.is_retryable());
-        assert_eq!(
-            Error::RealmNotFound { tenant: "t".into() }.reason(),
-            "RealmNotFound"
-        );
-        let e = Error::Token {
-            status: 503,
-            message: None,
-            retry_after: None,
-        };
+        assert_eq!(Error::RealmNotFound { tenant: "t".into() }.reason(), "RealmNotFound");
+        let e = Error::Token { status: 503, message: None, retry_after: None };
         assert!(e.is_retryable());
         assert_eq!(e.reason(), "CarerixUnavailable");
     }
 
     #[test]
     fn retry_after_parsing() {
-        let now = Utc
-            .with_ymd_and_hms(2015, 10, 21, 7, 27, 0)
-            .single()
-            .unwrap_or_default();
+        let now = Utc.with_ymd_and_hms(2015, 10, 21, 7, 27, 0).single().unwrap_or_default();
         assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
         assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(60)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
 
         let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("3"),
-        );
+        headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_static("3"));
         let e = Error::from_response(
             "graphql.crJobPage",
             429,

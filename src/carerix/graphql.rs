@@ -44,13 +44,7 @@ pub struct PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        PageRequest {
-            qualifier: None,
-            page: 0,
-            size: MAX_PAGE_SIZE,
-            sort: Vec::new(),
-            norestrict: false,
-        }
+        PageRequest { qualifier: None, page: 0, size: MAX_PAGE_SIZE, sort: Vec::new(), norestrict: false }
     }
 }
 
@@ -109,12 +103,7 @@ struct RawPage {
 
 impl RawPage {
     fn into_page(self, request: &PageRequest) -> Page {
-        let items: Vec<Value> = self
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| !v.is_null())
-            .collect();
+        let items: Vec<Value> = self.items.unwrap_or_default().into_iter().filter(|v| !v.is_null()).collect();
         let page = self.page.unwrap_or(request.page);
         let size = self.size.unwrap_or(request.size);
         let total_elements = self.total_elements.unwrap_or(items.len() as u64);
@@ -187,10 +176,7 @@ pub fn all_documents() -> Vec<(String, String)> {
         .flat_map(|e| {
             [
                 (operation_name(e.page_query()), page_document(e)),
-                (
-                    format!("{}Ids", operation_name(e.page_query())),
-                    ids_page_document(e),
-                ),
+                (format!("{}Ids", operation_name(e.page_query())), ids_page_document(e)),
                 (operation_name(e.single_query()), single_document(e)),
             ]
         })
@@ -277,14 +263,7 @@ impl<'c> GraphQlHandler<'c> {
     ///
     /// As for [`GraphQlHandler::page`], except that a GraphQL `NOT_FOUND` error yields `Ok(None)`.
     pub async fn get(&self, entity: Entity, id: &str) -> Result<Option<Value>> {
-        match self
-            .query(
-                entity.single_query(),
-                &single_document(entity),
-                json!({ "id": id }),
-            )
-            .await
-        {
+        match self.query(entity.single_query(), &single_document(entity), json!({ "id": id })).await {
             Err(e @ Error::GraphQl { .. }) if e.is_not_found() => Ok(None),
             other => other,
         }
@@ -299,12 +278,7 @@ impl<'c> GraphQlHandler<'c> {
             .client
             .execute(
                 &operation,
-                ApiRequest {
-                    method: reqwest::Method::POST,
-                    url,
-                    body: Some(&body),
-                    idempotent: true,
-                },
+                ApiRequest { method: reqwest::Method::POST, url, body: Some(&body), idempotent: true },
             )
             .await?;
         let parsed: GraphQlResponse =
@@ -314,28 +288,18 @@ impl<'c> GraphQlHandler<'c> {
 }
 
 fn extract_field(operation: &str, field: &str, response: GraphQlResponse) -> Result<Option<Value>> {
-    let value = response
-        .data
-        .and_then(|mut d| d.get_mut(field).map(Value::take))
-        .filter(|v| !v.is_null());
+    let value = response.data.and_then(|mut d| d.get_mut(field).map(Value::take)).filter(|v| !v.is_null());
     if response.errors.is_empty() {
         return Ok(value);
     }
     if value.is_some() {
         // Partial result: keep the data, say that something was left out.
-        warn!(
-            operation,
-            errors = response.errors.len(),
-            "Carerix returned a partial GraphQL result"
-        );
+        warn!(operation, errors = response.errors.len(), "Carerix returned a partial GraphQL result");
         return Ok(value);
     }
     let classification = response.errors.iter().find_map(|e| {
         let ext = e.extensions.as_ref()?;
-        ext.get("classification")
-            .or_else(|| ext.get("code"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        ext.get("classification").or_else(|| ext.get("code")).and_then(Value::as_str).map(str::to_owned)
     });
     Err(Error::GraphQl {
         operation: operation.to_owned(),
@@ -366,10 +330,7 @@ mod tests {
             Err(with_errors) => {
                 // Lenient: the introspected SDL may not pass strict validation; validate the
                 // executable documents against it anyway.
-                eprintln!(
-                    "schema has {} validation issue(s); using it leniently",
-                    with_errors.errors.len()
-                );
+                eprintln!("schema has {} validation issue(s); using it leniently", with_errors.errors.len());
                 Valid::assume_valid(with_errors.partial)
             }
         };
@@ -393,10 +354,7 @@ mod tests {
             qualifier: Some("modificationDate >= (NSCalendarDate) '2025-01-01 00:00:00'".into()),
             page: 2,
             size: 50,
-            sort: vec![
-                ("modificationDate".into(), Direction::Asc),
-                ("_id".into(), Direction::Desc),
-            ],
+            sort: vec![("modificationDate".into(), Direction::Asc), ("_id".into(), Direction::Desc)],
             norestrict: true,
         };
         assert_eq!(
@@ -435,31 +393,19 @@ mod tests {
             "first": true, "last": false, "numberOfElements": 2, "page": 0, "size": 2, "sort": null,
             "totalElements": 5, "totalPages": 3, "items": [ { "_id": "1" }, null, { "_id": "2" } ] } } });
         let parsed: GraphQlResponse = serde_json::from_value(body).unwrap_or_else(|e| panic!("{e}"));
-        let value = extract_field("graphql.crJobPage", "crJobPage", parsed)
-            .ok()
-            .flatten();
+        let value = extract_field("graphql.crJobPage", "crJobPage", parsed).ok().flatten();
         let page = serde_json::from_value::<RawPage>(value.unwrap_or_default())
             .map(|raw| raw.into_page(&PageRequest::default()))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.items.len(), 2);
-        assert_eq!(
-            (page.page, page.size, page.total_elements, page.total_pages),
-            (0, 2, 5, 3)
-        );
+        assert_eq!((page.page, page.size, page.total_elements, page.total_pages), (0, 2, 5, 3));
         assert!(page.first && !page.last);
 
         // Missing metadata is derived.
         let raw: RawPage =
             serde_json::from_value(json!({ "items": [ { "_id": "1" } ] })).unwrap_or_else(|e| panic!("{e}"));
-        let page = raw.into_page(&PageRequest {
-            page: 0,
-            size: 10,
-            ..PageRequest::default()
-        });
-        assert_eq!(
-            (page.total_elements, page.total_pages, page.first, page.last),
-            (1, 1, true, true)
-        );
+        let page = raw.into_page(&PageRequest { page: 0, size: 10, ..PageRequest::default() });
+        assert_eq!((page.total_elements, page.total_pages, page.first, page.last), (1, 1, true, true));
     }
 
     #[test]

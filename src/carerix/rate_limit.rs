@@ -25,9 +25,7 @@ pub struct RateLimiter {
 
 impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimiter")
-            .field("per_sec", &self.per_sec)
-            .finish()
+        f.debug_struct("RateLimiter").field("per_sec", &self.per_sec).finish()
     }
 }
 
@@ -46,10 +44,7 @@ impl RateLimiter {
     /// same size.
     pub fn new(per_sec: u32) -> Self {
         let per_sec = non_zero(per_sec);
-        RateLimiter {
-            limiter: Arc::new(governor::RateLimiter::direct(Quota::per_second(per_sec))),
-            per_sec,
-        }
+        RateLimiter { limiter: Arc::new(governor::RateLimiter::direct(Quota::per_second(per_sec))), per_sec }
     }
 
     /// The configured requests per second.
@@ -74,9 +69,7 @@ pub struct RateLimiters {
 
 impl fmt::Debug for RateLimiters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimiters")
-            .field("per_sec", &self.per_sec)
-            .finish_non_exhaustive()
+        f.debug_struct("RateLimiters").field("per_sec", &self.per_sec).finish_non_exhaustive()
     }
 }
 
@@ -89,27 +82,19 @@ impl Default for RateLimiters {
 impl RateLimiters {
     /// A registry whose limiters allow `per_sec` requests per second each (0 is treated as 1).
     pub fn new(per_sec: u32) -> Self {
-        RateLimiters {
-            per_sec: non_zero(per_sec).get(),
-            by_tenant: Arc::default(),
-        }
+        RateLimiters { per_sec: non_zero(per_sec).get(), by_tenant: Arc::default() }
     }
 
     /// The limiter of `tenant`, created on first use. Every call for the same tenant returns a
     /// handle to the same budget.
     pub fn for_tenant(&self, tenant: &str) -> RateLimiter {
         let mut map = self.by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(tenant.to_owned())
-            .or_insert_with(|| RateLimiter::new(self.per_sec))
-            .clone()
+        map.entry(tenant.to_owned()).or_insert_with(|| RateLimiter::new(self.per_sec)).clone()
     }
 
     /// Forgets a tenant's limiter (e.g. when its connection is deleted).
     pub fn remove(&self, tenant: &str) {
-        self.by_tenant
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(tenant);
+        self.by_tenant.lock().unwrap_or_else(PoisonError::into_inner).remove(tenant);
     }
 }
 

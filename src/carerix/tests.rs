@@ -44,20 +44,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn jwt(n: usize) -> String {
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let claims = json!({ "n": n, "scope": "urn:cx/graphql:data:manage urn:cx/webhooks:data:manage" });
-    format!(
-        "{}.{}.sig",
-        e.encode(br#"{"alg":"RS256"}"#),
-        e.encode(claims.to_string())
-    )
+    format!("{}.{}.sig", e.encode(br#"{"alg":"RS256"}"#), e.encode(claims.to_string()))
 }
 
 fn token_number(headers: &HeaderMap) -> Option<usize> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = auth.strip_prefix("Bearer ")?;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("n")?.as_u64().map(|n| n as usize)
 }
@@ -70,16 +64,10 @@ async fn token(
 ) -> Response {
     let n = sim.token_calls.fetch_add(1, Ordering::SeqCst) + 1;
     if tenant != "acme" {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "Realm does not exist" })),
-        )
-            .into_response();
+        return (StatusCode::NOT_FOUND, Json(json!({ "error": "Realm does not exist" }))).into_response();
     }
     tokio::time::sleep(sim.token_delay).await;
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
     let get = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let invalid = || {
         (
@@ -94,9 +82,7 @@ async fn token(
             return invalid();
         }
         let encoded = auth.to_str().unwrap_or_default().trim_start_matches("Basic ");
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
         let decoded = String::from_utf8(decoded).unwrap_or_default();
         let (id, secret) = decoded.split_once(':').unwrap_or_default();
         (Some(id.to_owned()), Some(secret.to_owned()))
@@ -105,11 +91,7 @@ async fn token(
         (get("client_id"), get("client_secret"))
     };
     if get("grant_type").as_deref() != Some("client_credentials") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "unsupported_grant_type" })),
-        )
-            .into_response();
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "unsupported_grant_type" }))).into_response();
     }
     if id.as_deref() != Some(CLIENT_ID) || secret.as_deref() != Some(SECRET) {
         return invalid();
@@ -139,18 +121,12 @@ async fn api(
     sim.api_calls.fetch_add(1, Ordering::SeqCst);
     lock(&sim.queries).push(query.clone().unwrap_or_default());
     let Some(n) = token_number(&headers) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "errors": [{ "message": "no token" }] })),
-        )
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "errors": [{ "message": "no token" }] })))
             .into_response();
     };
     let rejected = lock(&sim.rejected_tokens).clone();
     if rejected.contains(&n) || rejected.contains(&usize::MAX) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "errors": [{ "message": "token expired" }] })),
-        )
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "errors": [{ "message": "token expired" }] })))
             .into_response();
     }
     if let Some((status, retry_after)) = lock(&sim.script).pop_front() {
@@ -160,9 +136,7 @@ async fn api(
         )
             .into_response();
         if let Some(ra) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(ra));
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static(ra));
         }
         return response;
     }
@@ -179,10 +153,8 @@ async fn api(
     // Webhook applications: two pages.
     let page = query.as_deref().unwrap_or_default().contains("page=1");
     let id = if page { "app-2" } else { "app-1" };
-    Json(
-        json!({ "items": [ { "_id": id, "_kind": "Application", "name": id } ], "page": u32::from(page),
-                 "size": 1, "totalElements": 2, "totalPages": 2 }),
-    )
+    Json(json!({ "items": [ { "_id": id, "_kind": "Application", "name": id } ], "page": u32::from(page),
+                 "size": 1, "totalElements": 2, "totalPages": 2 }))
     .into_response()
 }
 
@@ -205,10 +177,7 @@ async fn serve(sim: Sim) -> (Arc<Sim>, String) {
 }
 
 fn sim() -> Sim {
-    Sim {
-        expires_in: 300,
-        ..Sim::default()
-    }
+    Sim { expires_in: 300, ..Sim::default() }
 }
 
 fn client(base: &str, tenant: &str, secret: &str) -> CarerixClient {
@@ -233,12 +202,7 @@ fn count(a: &AtomicUsize) -> usize {
 
 #[tokio::test]
 async fn basic_then_post_fallback_is_remembered() {
-    let (sim, base) = serve(Sim {
-        reject_basic: true,
-        expires_in: 1,
-        ..sim()
-    })
-    .await;
+    let (sim, base) = serve(Sim { reject_basic: true, expires_in: 1, ..sim() }).await;
     let c = client(&base, "acme", SECRET);
     let info = c.token_info().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(info.scopes, vec!["urn:cx/webhooks:data:manage", "profile"]);
@@ -252,43 +216,25 @@ async fn basic_then_post_fallback_is_remembered() {
 
 #[tokio::test]
 async fn basic_works_first_and_token_is_cached() {
-    let (sim, base) = serve(Sim {
-        omit_scope: true,
-        ..sim()
-    })
-    .await;
+    let (sim, base) = serve(Sim { omit_scope: true, ..sim() }).await;
     let c = client(&base, "acme", SECRET);
     let info = c.token_info().await.unwrap_or_else(|e| panic!("{e}"));
     // No `scope` in the response: read from the JWT payload.
     assert!(info.has_scope("urn:cx/graphql:data:manage"), "{info:?}");
-    let apps = c
-        .webhooks()
-        .list_applications()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        apps.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
-        vec!["app-1", "app-2"]
-    );
+    let apps = c.webhooks().list_applications().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(apps.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), vec!["app-1", "app-2"]);
     assert_eq!(count(&sim.token_calls), 1);
     assert_eq!((count(&sim.basic_calls), count(&sim.post_calls)), (1, 0));
     let queries = lock(&sim.queries).clone();
     assert_eq!(
         queries,
-        vec![
-            "fields=name%2CsignatureVerification",
-            "fields=name%2CsignatureVerification&page=1"
-        ]
+        vec!["fields=name%2CsignatureVerification", "fields=name%2CsignatureVerification&page=1"]
     );
 }
 
 #[tokio::test]
 async fn concurrent_callers_share_one_refresh() {
-    let (sim, base) = serve(Sim {
-        token_delay: Duration::from_millis(150),
-        ..sim()
-    })
-    .await;
+    let (sim, base) = serve(Sim { token_delay: Duration::from_millis(150), ..sim() }).await;
     let c = client(&base, "acme", SECRET);
     let calls = (0..8).map(|_| {
         let c = c.clone();
@@ -305,21 +251,14 @@ async fn api_401_drops_the_token_and_retries_once() {
     let (sim, base) = serve(sim()).await;
     lock(&sim.rejected_tokens).push(1);
     let c = client(&base, "acme", SECRET);
-    let page = c
-        .graphql()
-        .page(Entity::Candidates, &PageRequest::default())
-        .await;
+    let page = c.graphql().page(Entity::Candidates, &PageRequest::default()).await;
     let page = page.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(page.items.len(), 1);
     assert_eq!((count(&sim.token_calls), count(&sim.api_calls)), (2, 2));
 
     // A second 401 is surfaced, after exactly one retry.
     lock(&sim.rejected_tokens).push(usize::MAX);
-    let err = c
-        .graphql()
-        .page(Entity::Candidates, &PageRequest::default())
-        .await
-        .err();
+    let err = c.graphql().page(Entity::Candidates, &PageRequest::default()).await.err();
     assert_eq!(err.as_ref().map(Error::reason), Some("Unauthorized"));
     assert_eq!((count(&sim.token_calls), count(&sim.api_calls)), (3, 4));
 }
@@ -334,18 +273,12 @@ async fn graphql_sends_variables() {
         norestrict: true,
         ..PageRequest::default()
     };
-    c.graphql()
-        .page(Entity::Candidates, &request)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.graphql().page(Entity::Candidates, &request).await.unwrap_or_else(|e| panic!("{e}"));
     let body = lock(&sim.last_body).clone().unwrap_or_default();
     assert_eq!(body["variables"], request.variables());
     assert!(body["query"].as_str().is_some_and(|q| !q.contains("2025-01-01")));
     assert_eq!(c.graphql().get(Entity::Candidates, "404").await.ok(), Some(None));
-    let too_big = PageRequest {
-        size: 101,
-        ..PageRequest::default()
-    };
+    let too_big = PageRequest { size: 101, ..PageRequest::default() };
     assert!(matches!(
         c.graphql().page(Entity::Candidates, &too_big).await,
         Err(Error::InvalidArgument { .. })
@@ -357,19 +290,12 @@ async fn retries_retryable_failures() {
     let (sim, base) = serve(sim()).await;
     lock(&sim.script).extend([(503, None), (429, Some("0"))]);
     let c = client(&base, "acme", SECRET);
-    c.webhooks()
-        .list_applications()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.webhooks().list_applications().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(count(&sim.api_calls), 4); // 503, 429, then two pages
 
     // 4xx is not retried.
     lock(&sim.script).push_back((404, None));
-    let err = c
-        .webhooks()
-        .delete_application(&ApplicationId::from("x"))
-        .await
-        .err();
+    let err = c.webhooks().delete_application(&ApplicationId::from("x")).await.err();
     assert!(err.as_ref().is_some_and(Error::is_not_found), "{err:?}");
     assert_eq!(count(&sim.api_calls), 5);
 
@@ -390,10 +316,7 @@ async fn retries_retryable_failures() {
         .unwrap_or_else(|e| panic!("{e}"));
     lock(&sim.script).push_back((429, Some("7")));
     let err = none.webhooks().list_applications().await.err();
-    assert_eq!(
-        err.as_ref().and_then(Error::retry_after),
-        Some(Duration::from_secs(7))
-    );
+    assert_eq!(err.as_ref().and_then(Error::retry_after), Some(Duration::from_secs(7)));
     assert_eq!(count(&sim.api_calls), 7);
 }
 
@@ -421,20 +344,11 @@ async fn token_errors_are_typed_and_secret_free() {
     let ok = client(&base, "acme", SECRET);
     ok.token_info().await.unwrap_or_else(|e| panic!("{e}"));
     let token = jwt(4);
-    let printed = format!(
-        "{err:?} {realm:?} {scope:?} {ok:?} {scoped:?} {:?}",
-        Credentials::new(CLIENT_ID, SECRET)
-    );
-    let displayed: Vec<String> = [err, realm, scope]
-        .into_iter()
-        .flatten()
-        .map(|e| e.to_string())
-        .collect();
+    let printed =
+        format!("{err:?} {realm:?} {scope:?} {ok:?} {scoped:?} {:?}", Credentials::new(CLIENT_ID, SECRET));
+    let displayed: Vec<String> = [err, realm, scope].into_iter().flatten().map(|e| e.to_string()).collect();
     for text in [printed, displayed.join(" ")] {
-        assert!(
-            !text.contains(SECRET) && !text.contains("wrong-secret-value"),
-            "{text}"
-        );
+        assert!(!text.contains(SECRET) && !text.contains("wrong-secret-value"), "{text}");
         assert!(!text.contains(&token[..20]), "{text}");
     }
 }

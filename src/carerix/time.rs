@@ -85,11 +85,8 @@ impl AmsterdamTime {
 ///
 /// [`TimeError`] when the string does not have that format.
 pub fn parse_ns_calendar_date(value: &str) -> Result<AmsterdamTime, TimeError> {
-    let naive =
-        NaiveDateTime::parse_from_str(value.trim(), NS_CALENDAR_DATE_FORMAT).map_err(|e| TimeError {
-            value: value.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let naive = NaiveDateTime::parse_from_str(value.trim(), NS_CALENDAR_DATE_FORMAT)
+        .map_err(|e| TimeError { value: value.to_owned(), reason: e.to_string() })?;
     Ok(resolve_local(naive))
 }
 
@@ -99,10 +96,7 @@ pub fn resolve_local(naive: NaiveDateTime) -> AmsterdamTime {
         LocalResult::Single(t) => AmsterdamTime::Unique(t.with_timezone(&Utc)),
         LocalResult::Ambiguous(a, b) => {
             let (a, b) = (a.with_timezone(&Utc), b.with_timezone(&Utc));
-            AmsterdamTime::Ambiguous {
-                earliest: a.min(b),
-                latest: a.max(b),
-            }
+            AmsterdamTime::Ambiguous { earliest: a.min(b), latest: a.max(b) }
         }
         LocalResult::None => {
             // In the gap: use the offset in force just before it (one hour earlier on the wall
@@ -111,10 +105,7 @@ pub fn resolve_local(naive: NaiveDateTime) -> AmsterdamTime {
             let offset = CARERIX_TIME_ZONE
                 .offset_from_local_datetime(&before)
                 .earliest()
-                .map_or_else(
-                    || CARERIX_TIME_ZONE.offset_from_utc_datetime(&naive).fix(),
-                    |o| o.fix(),
-                );
+                .map_or_else(|| CARERIX_TIME_ZONE.offset_from_utc_datetime(&naive).fix(), |o| o.fix());
             let shifted = Utc.from_utc_datetime(&(naive - offset));
             AmsterdamTime::Skipped { shifted }
         }
@@ -134,18 +125,12 @@ pub fn to_utc_earliest(value: &str) -> Result<DateTime<Utc>, TimeError> {
 ///
 /// Two instants in the repeated autumn hour format to the same string.
 pub fn format_ns_calendar_date(instant: DateTime<Utc>) -> String {
-    instant
-        .with_timezone(&CARERIX_TIME_ZONE)
-        .format(NS_CALENDAR_DATE_FORMAT)
-        .to_string()
+    instant.with_timezone(&CARERIX_TIME_ZONE).format(NS_CALENDAR_DATE_FORMAT).to_string()
 }
 
 /// The incremental-sync qualifier `modificationDate >= (NSCalendarDate) 'yyyy-MM-dd HH:mm:ss'`.
 pub fn modified_since_qualifier(since: DateTime<Utc>) -> String {
-    format!(
-        "modificationDate >= (NSCalendarDate) '{}'",
-        format_ns_calendar_date(since)
-    )
+    format!("modificationDate >= (NSCalendarDate) '{}'", format_ns_calendar_date(since))
 }
 
 #[cfg(test)]
@@ -153,29 +138,15 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .map(|d| d.with_timezone(&Utc))
-            .unwrap_or_default()
+        DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).unwrap_or_default()
     }
 
     #[test]
     fn winter_and_summer() {
-        assert_eq!(
-            to_utc_earliest("2025-01-15 12:00:00"),
-            Ok(utc("2025-01-15T11:00:00Z"))
-        );
-        assert_eq!(
-            to_utc_earliest("2025-07-15 12:00:00"),
-            Ok(utc("2025-07-15T10:00:00Z"))
-        );
-        assert_eq!(
-            format_ns_calendar_date(utc("2025-07-15T10:00:00Z")),
-            "2025-07-15 12:00:00"
-        );
-        assert_eq!(
-            format_ns_calendar_date(utc("2025-01-15T11:00:00Z")),
-            "2025-01-15 12:00:00"
-        );
+        assert_eq!(to_utc_earliest("2025-01-15 12:00:00"), Ok(utc("2025-01-15T11:00:00Z")));
+        assert_eq!(to_utc_earliest("2025-07-15 12:00:00"), Ok(utc("2025-07-15T10:00:00Z")));
+        assert_eq!(format_ns_calendar_date(utc("2025-07-15T10:00:00Z")), "2025-07-15 12:00:00");
+        assert_eq!(format_ns_calendar_date(utc("2025-01-15T11:00:00Z")), "2025-01-15 12:00:00");
     }
 
     #[test]
@@ -189,27 +160,12 @@ mod tests {
                 latest: utc("2025-10-26T01:30:00Z")
             })
         );
-        assert_eq!(
-            to_utc_earliest("2025-10-26 02:30:00"),
-            Ok(utc("2025-10-26T00:30:00Z"))
-        );
+        assert_eq!(to_utc_earliest("2025-10-26 02:30:00"), Ok(utc("2025-10-26T00:30:00Z")));
         assert_eq!(t.map(|t| t.candidates().len()), Ok(2));
-        assert_eq!(
-            format_ns_calendar_date(utc("2025-10-26T00:30:00Z")),
-            "2025-10-26 02:30:00"
-        );
-        assert_eq!(
-            format_ns_calendar_date(utc("2025-10-26T01:30:00Z")),
-            "2025-10-26 02:30:00"
-        );
-        assert_eq!(
-            to_utc_earliest("2025-10-26 03:00:00"),
-            Ok(utc("2025-10-26T02:00:00Z"))
-        );
-        assert_eq!(
-            to_utc_earliest("2025-10-26 01:59:59"),
-            Ok(utc("2025-10-25T23:59:59Z"))
-        );
+        assert_eq!(format_ns_calendar_date(utc("2025-10-26T00:30:00Z")), "2025-10-26 02:30:00");
+        assert_eq!(format_ns_calendar_date(utc("2025-10-26T01:30:00Z")), "2025-10-26 02:30:00");
+        assert_eq!(to_utc_earliest("2025-10-26 03:00:00"), Ok(utc("2025-10-26T02:00:00Z")));
+        assert_eq!(to_utc_earliest("2025-10-26 01:59:59"), Ok(utc("2025-10-25T23:59:59Z")));
     }
 
     #[test]
@@ -233,22 +189,11 @@ mod tests {
         // 2025-03-30 02:00 CET -> 03:00 CEST: 02:xx does not exist.
         assert_eq!(
             parse_ns_calendar_date("2025-03-30 02:30:00"),
-            Ok(AmsterdamTime::Skipped {
-                shifted: utc("2025-03-30T01:30:00Z")
-            })
+            Ok(AmsterdamTime::Skipped { shifted: utc("2025-03-30T01:30:00Z") })
         );
-        assert_eq!(
-            format_ns_calendar_date(utc("2025-03-30T01:30:00Z")),
-            "2025-03-30 03:30:00"
-        );
-        assert_eq!(
-            to_utc_earliest("2025-03-30 01:59:59"),
-            Ok(utc("2025-03-30T00:59:59Z"))
-        );
-        assert_eq!(
-            to_utc_earliest("2025-03-30 03:00:00"),
-            Ok(utc("2025-03-30T01:00:00Z"))
-        );
+        assert_eq!(format_ns_calendar_date(utc("2025-03-30T01:30:00Z")), "2025-03-30 03:30:00");
+        assert_eq!(to_utc_earliest("2025-03-30 01:59:59"), Ok(utc("2025-03-30T00:59:59Z")));
+        assert_eq!(to_utc_earliest("2025-03-30 03:00:00"), Ok(utc("2025-03-30T01:00:00Z")));
     }
 
     #[test]
@@ -256,32 +201,18 @@ mod tests {
         // 2026-03-29 02:00 CET -> 03:00 CEST.
         assert_eq!(
             parse_ns_calendar_date("2026-03-29 02:00:00"),
-            Ok(AmsterdamTime::Skipped {
-                shifted: utc("2026-03-29T01:00:00Z")
-            })
+            Ok(AmsterdamTime::Skipped { shifted: utc("2026-03-29T01:00:00Z") })
         );
-        assert_eq!(
-            to_utc_earliest("2026-03-29 02:59:59"),
-            Ok(utc("2026-03-29T01:59:59Z"))
-        );
-        assert_eq!(
-            format_ns_calendar_date(utc("2026-03-29T00:59:59Z")),
-            "2026-03-29 01:59:59"
-        );
-        assert_eq!(
-            format_ns_calendar_date(utc("2026-03-29T01:00:00Z")),
-            "2026-03-29 03:00:00"
-        );
+        assert_eq!(to_utc_earliest("2026-03-29 02:59:59"), Ok(utc("2026-03-29T01:59:59Z")));
+        assert_eq!(format_ns_calendar_date(utc("2026-03-29T00:59:59Z")), "2026-03-29 01:59:59");
+        assert_eq!(format_ns_calendar_date(utc("2026-03-29T01:00:00Z")), "2026-03-29 03:00:00");
     }
 
     #[test]
     fn rejects_bad_values_and_builds_qualifier() {
         assert!(to_utc_earliest("2025-13-01 00:00:00").is_err());
         assert!(to_utc_earliest("2025-01-01T00:00:00Z").is_err());
-        let err = to_utc_earliest("nope")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = to_utc_earliest("nope").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("nope"));
         assert_eq!(
             modified_since_qualifier(utc("2025-07-15T10:00:00Z")),

@@ -152,9 +152,7 @@ struct RedactedHeaders<'a>(&'a [(String, String)]);
 
 impl fmt::Debug for RedactedHeaders<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(name, _)| (name, "[redacted]")))
-            .finish()
+        f.debug_list().entries(self.0.iter().map(|(name, _)| (name, "[redacted]"))).finish()
     }
 }
 
@@ -321,10 +319,7 @@ enum RawList {
 
 fn parse_application(operation: &str, value: Value) -> Result<Application> {
     let raw: RawApplication = serde_json::from_value(value).map_err(|e| Error::decode(operation, e))?;
-    let id = raw
-        .ids
-        .id()
-        .ok_or_else(|| Error::decode(operation, "application without _id"))?;
+    let id = raw.ids.id().ok_or_else(|| Error::decode(operation, "application without _id"))?;
     Ok(Application {
         id: ApplicationId(id),
         name: raw.name,
@@ -335,10 +330,7 @@ fn parse_application(operation: &str, value: Value) -> Result<Application> {
 
 fn parse_webhook(operation: &str, value: Value, application: &ApplicationId) -> Result<Webhook> {
     let raw: RawWebhook = serde_json::from_value(value).map_err(|e| Error::decode(operation, e))?;
-    let id = raw
-        .ids
-        .id()
-        .ok_or_else(|| Error::decode(operation, "webhook without _id"))?;
+    let id = raw.ids.id().ok_or_else(|| Error::decode(operation, "webhook without _id"))?;
     let application_id = raw
         .application
         .and_then(RawRef::into_id)
@@ -360,10 +352,7 @@ fn parse_webhook(operation: &str, value: Value, application: &ApplicationId) -> 
             .into_iter()
             .map(|h| (h.name, h.value.unwrap_or_default()))
             .collect(),
-        status: raw
-            .status
-            .as_deref()
-            .map_or(WebhookStatus::Unknown(String::new()), WebhookStatus::parse),
+        status: raw.status.as_deref().map_or(WebhookStatus::Unknown(String::new()), WebhookStatus::parse),
         created_by: raw.created_by.and_then(RawRef::into_id),
     })
 }
@@ -409,17 +398,7 @@ impl<'c> WebhooksHandler<'c> {
         body: Option<&Value>,
     ) -> Result<ApiResponse> {
         let idempotent = method != reqwest::Method::POST;
-        self.client
-            .execute(
-                operation,
-                ApiRequest {
-                    method,
-                    url,
-                    body,
-                    idempotent,
-                },
-            )
-            .await
+        self.client.execute(operation, ApiRequest { method, url, body, idempotent }).await
     }
 
     /// Reads every page of a list.
@@ -467,9 +446,7 @@ impl<'c> WebhooksHandler<'c> {
     pub async fn create_application(&self, name: &str) -> Result<Application> {
         let operation = "webhooks.create_application";
         let body = json!({ "_kind": "Application", "name": name });
-        let response = self
-            .send(operation, reqwest::Method::POST, self.url(&[], &[])?, Some(&body))
-            .await?;
+        let response = self.send(operation, reqwest::Method::POST, self.url(&[], &[])?, Some(&body)).await?;
         parse_application(operation, parse_json(operation, &response)?)
     }
 
@@ -496,9 +473,7 @@ impl<'c> WebhooksHandler<'c> {
     /// [`Error::is_not_found`]), 403 when the client is not the owner.
     pub async fn delete_application(&self, id: &ApplicationId) -> Result<()> {
         let url = self.url(&[id.as_str()], &[])?;
-        self.send("webhooks.delete_application", reqwest::Method::DELETE, url, None)
-            .await
-            .map(drop)
+        self.send("webhooks.delete_application", reqwest::Method::DELETE, url, None).await.map(drop)
     }
 
     /// Lists the webhooks of an application.
@@ -522,10 +497,8 @@ impl<'c> WebhooksHandler<'c> {
     /// The token errors; [`Error::Api`] other than 404; [`Error::Decode`].
     pub async fn get_webhook(&self, application: &ApplicationId, id: &WebhookId) -> Result<Option<Webhook>> {
         let operation = "webhooks.get_webhook";
-        let url = self.url(
-            &[application.as_str(), "webhooks", id.as_str()],
-            &[("fields", WEBHOOK_FIELDS)],
-        )?;
+        let url =
+            self.url(&[application.as_str(), "webhooks", id.as_str()], &[("fields", WEBHOOK_FIELDS)])?;
         match self.send(operation, reqwest::Method::GET, url, None).await {
             Ok(response) => {
                 parse_webhook(operation, parse_json(operation, &response)?, application).map(Some)
@@ -545,9 +518,7 @@ impl<'c> WebhooksHandler<'c> {
         let operation = "webhooks.create_webhook";
         let url = self.url(&[application.as_str(), "webhooks"], &[])?;
         let body = webhook.body();
-        let response = self
-            .send(operation, reqwest::Method::POST, url, Some(&body))
-            .await?;
+        let response = self.send(operation, reqwest::Method::POST, url, Some(&body)).await?;
         parse_webhook(operation, parse_json(operation, &response)?, application)
     }
 
@@ -559,9 +530,7 @@ impl<'c> WebhooksHandler<'c> {
     /// the owner.
     pub async fn delete_webhook(&self, application: &ApplicationId, id: &WebhookId) -> Result<()> {
         let url = self.url(&[application.as_str(), "webhooks", id.as_str()], &[])?;
-        self.send("webhooks.delete_webhook", reqwest::Method::DELETE, url, None)
-            .await
-            .map(drop)
+        self.send("webhooks.delete_webhook", reqwest::Method::DELETE, url, None).await.map(drop)
     }
 
     /// Enables a webhook and returns it.
@@ -570,8 +539,7 @@ impl<'c> WebhooksHandler<'c> {
     ///
     /// The token errors; [`Error::Api`] (403 not the owner, 404); [`Error::Decode`].
     pub async fn enable_webhook(&self, application: &ApplicationId, id: &WebhookId) -> Result<Webhook> {
-        self.switch(application, id, "enable", "webhooks.enable_webhook")
-            .await
+        self.switch(application, id, "enable", "webhooks.enable_webhook").await
     }
 
     /// Disables a webhook and returns it.
@@ -580,8 +548,7 @@ impl<'c> WebhooksHandler<'c> {
     ///
     /// The token errors; [`Error::Api`] (403 not the owner, 404); [`Error::Decode`].
     pub async fn disable_webhook(&self, application: &ApplicationId, id: &WebhookId) -> Result<Webhook> {
-        self.switch(application, id, "disable", "webhooks.disable_webhook")
-            .await
+        self.switch(application, id, "disable", "webhooks.disable_webhook").await
     }
 
     async fn switch(
@@ -597,12 +564,7 @@ impl<'c> WebhooksHandler<'c> {
             .client
             .execute(
                 operation,
-                ApiRequest {
-                    method: reqwest::Method::POST,
-                    url,
-                    body: None,
-                    idempotent: true,
-                },
+                ApiRequest { method: reqwest::Method::POST, url, body: None, idempotent: true },
             )
             .await?;
         if response.body.iter().all(u8::is_ascii_whitespace) {
@@ -666,10 +628,7 @@ mod tests {
         assert_eq!(hook.created_by.as_deref(), Some("client-1"));
         assert_eq!(hook.custom_headers[0].1, "hunter2");
         let debug = format!("{hook:?}");
-        assert!(
-            !debug.contains("hunter2") && debug.contains("x-api-key"),
-            "{debug}"
-        );
+        assert!(!debug.contains("hunter2") && debug.contains("x-api-key"), "{debug}");
 
         let minimal = parse_webhook("t", json!({ "id": "w2", "status": "paused" }), &app_id())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -683,11 +642,9 @@ mod tests {
         let (items, pages) =
             parse_list("t", br#"[{"_id":"a"},{"id":"b"}]"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((items.len(), pages), (2, 1));
-        let (items, pages) = parse_list(
-            "t",
-            br#"{"items":[{"_id":"a"}],"page":0,"size":1,"totalElements":3,"totalPages":3}"#,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (items, pages) =
+            parse_list("t", br#"{"items":[{"_id":"a"}],"page":0,"size":1,"totalElements":3,"totalPages":3}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((items.len(), pages), (1, 3));
         let (items, pages) = parse_list("t", br#"{"items":null}"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((items.len(), pages), (0, 1));

@@ -20,10 +20,7 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        BackoffPolicy {
-            base: Duration::from_secs(5),
-            max: Duration::from_secs(300),
-        }
+        BackoffPolicy { base: Duration::from_secs(5), max: Duration::from_secs(300) }
     }
 }
 
@@ -51,10 +48,7 @@ pub struct Backoffs {
 impl Backoffs {
     /// Backoffs with the given policy.
     pub fn new(policy: BackoffPolicy) -> Self {
-        Backoffs {
-            policy,
-            attempts: Mutex::new(HashMap::new()),
-        }
+        Backoffs { policy, attempts: Mutex::new(HashMap::new()) }
     }
 
     /// Records a failure of `key` and returns how long to wait, at least `retry_after`.
@@ -71,20 +65,12 @@ impl Backoffs {
 
     /// Forgets the failures of `key` after a success.
     pub fn succeeded(&self, key: &str) {
-        self.attempts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
     /// Consecutive failures of `key`.
     pub fn attempts(&self, key: &str) -> u32 {
-        self.attempts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or(0)
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0)
     }
 }
 
@@ -94,10 +80,7 @@ mod tests {
 
     #[test]
     fn the_delay_doubles_per_failure_up_to_the_cap() {
-        let p = BackoffPolicy {
-            base: Duration::from_secs(5),
-            max: Duration::from_secs(60),
-        };
+        let p = BackoffPolicy { base: Duration::from_secs(5), max: Duration::from_secs(60) };
         assert_eq!(p.delay(1), Duration::from_secs(5));
         assert_eq!(p.delay(2), Duration::from_secs(10));
         assert_eq!(p.delay(4), Duration::from_secs(40));
@@ -107,10 +90,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_backoff() {
-        let b = Backoffs::new(BackoffPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(100),
-        });
+        let b = Backoffs::new(BackoffPolicy { base: Duration::from_secs(1), max: Duration::from_secs(100) });
         b.failed("ns/a", None);
         b.failed("ns/a", None);
         assert_eq!(b.attempts("ns/a"), 2);
@@ -138,10 +118,7 @@ mod tests {
     fn jitter_stays_within_its_fraction() {
         for _ in 0..100 {
             let d = jitter(Duration::from_secs(100), 0.1);
-            assert!(
-                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_secs(90) && d <= Duration::from_secs(110), "{d:?}");
         }
     }
 }

@@ -84,27 +84,15 @@ impl Status {
 impl Part {
     /// A part that works.
     pub fn ok(reason: &str, message: impl Into<String>) -> Self {
-        Part {
-            status: Status::True,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Part { status: Status::True, reason: reason.into(), message: message.into() }
     }
     /// A part that does not work.
     pub fn failed(reason: &str, message: impl Into<String>) -> Self {
-        Part {
-            status: Status::False,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Part { status: Status::False, reason: reason.into(), message: message.into() }
     }
     /// A part not known yet (for example because an earlier part failed).
     pub fn unknown(reason: &str, message: impl Into<String>) -> Self {
-        Part {
-            status: Status::Unknown,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Part { status: Status::Unknown, reason: reason.into(), message: message.into() }
     }
 }
 
@@ -132,11 +120,7 @@ impl Outcome {
         }
         let parts = [Some(&self.credentials), Some(&self.webhooks), self.data.as_ref()];
         match parts.into_iter().flatten().find(|p| p.status != Status::True) {
-            Some(p) => Part {
-                status: Status::False,
-                reason: p.reason.clone(),
-                message: p.message.clone(),
-            },
+            Some(p) => Part { status: Status::False, reason: p.reason.clone(), message: p.message.clone() },
             None => Part::ok(reasons::READY, ready_message(self)),
         }
     }
@@ -197,13 +181,7 @@ pub fn merge(
 /// Whether two condition lists say the same, ignoring times and order.
 pub fn same_ignoring_time(a: &[Condition], b: &[Condition]) -> bool {
     let key = |c: &Condition| {
-        (
-            c.type_.clone(),
-            c.status.clone(),
-            c.reason.clone(),
-            c.message.clone(),
-            c.observed_generation,
-        )
+        (c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone(), c.observed_generation)
     };
     let mut a: Vec<_> = a.iter().map(key).collect();
     let mut b: Vec<_> = b.iter().map(key).collect();
@@ -240,10 +218,7 @@ mod tests {
     fn ready_is_true_only_when_every_part_is_true() {
         assert_eq!(healthy().ready().status, Status::True);
         let mut o = healthy();
-        o.data = Some(Part::failed(
-            reasons::INITIAL_SYNC_IN_PROGRESS,
-            "candidates: 300 records",
-        ));
+        o.data = Some(Part::failed(reasons::INITIAL_SYNC_IN_PROGRESS, "candidates: 300 records"));
         let ready = o.ready();
         assert_eq!(ready.status, Status::False);
         assert_eq!(ready.reason, reasons::INITIAL_SYNC_IN_PROGRESS);
@@ -273,12 +248,7 @@ mod tests {
     #[test]
     fn last_transition_time_moves_only_when_the_status_flips() {
         let first = merge(&[], &healthy().conditions(), Some(1), ts("2026-01-01T00:00:00Z"));
-        let again = merge(
-            &first,
-            &healthy().conditions(),
-            Some(2),
-            ts("2026-01-02T00:00:00Z"),
-        );
+        let again = merge(&first, &healthy().conditions(), Some(2), ts("2026-01-02T00:00:00Z"));
         let ready = find(&again, types::READY).unwrap();
         assert_eq!(ready.last_transition_time.0, ts("2026-01-01T00:00:00Z"));
         assert_eq!(ready.observed_generation, Some(2));
@@ -286,15 +256,9 @@ mod tests {
         let mut broken = healthy();
         broken.credentials = Part::failed(reasons::INVALID_CLIENT, "bad");
         let flipped = merge(&again, &broken.conditions(), Some(2), ts("2026-01-03T00:00:00Z"));
+        assert_eq!(find(&flipped, types::READY).unwrap().last_transition_time.0, ts("2026-01-03T00:00:00Z"));
         assert_eq!(
-            find(&flipped, types::READY).unwrap().last_transition_time.0,
-            ts("2026-01-03T00:00:00Z")
-        );
-        assert_eq!(
-            find(&flipped, types::WEBHOOKS_READY)
-                .unwrap()
-                .last_transition_time
-                .0,
+            find(&flipped, types::WEBHOOKS_READY).unwrap().last_transition_time.0,
             ts("2026-01-01T00:00:00Z")
         );
     }
@@ -302,22 +266,9 @@ mod tests {
     #[test]
     fn an_unchanged_outcome_compares_equal_so_nothing_is_written() {
         let first = merge(&[], &healthy().conditions(), Some(1), ts("2026-01-01T00:00:00Z"));
-        let second = merge(
-            &first,
-            &healthy().conditions(),
-            Some(1),
-            ts("2026-05-01T00:00:00Z"),
-        );
+        let second = merge(&first, &healthy().conditions(), Some(1), ts("2026-05-01T00:00:00Z"));
         assert!(same_ignoring_time(&first, &second));
-        let third = merge(
-            &first,
-            &healthy().conditions(),
-            Some(2),
-            ts("2026-05-01T00:00:00Z"),
-        );
-        assert!(
-            !same_ignoring_time(&first, &third),
-            "a new generation must be written"
-        );
+        let third = merge(&first, &healthy().conditions(), Some(2), ts("2026-05-01T00:00:00Z"));
+        assert!(!same_ignoring_time(&first, &third), "a new generation must be written");
     }
 }

@@ -206,10 +206,7 @@ impl Context {
             .rate_limiter(self.rate_limiters.for_tenant(&ck.tenant))
             .observer(self.metrics.carerix_observer())
             .build()
-            .map_err(|source| Error::Client {
-                key: key.to_string(),
-                source,
-            })?;
+            .map_err(|source| Error::Client { key: key.to_string(), source })?;
         clients.insert(key.to_string(), (ck, client.clone()));
         Ok(client)
     }
@@ -264,12 +261,7 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return String::from_utf8(v.0.clone()).ok().filter(|s| !s.is_empty());
     }
-    secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .cloned()
-        .filter(|s| !s.is_empty())
+    secret.string_data.as_ref().and_then(|d| d.get(key)).cloned().filter(|s| !s.is_empty())
 }
 
 /// Reads the credentials Secret of a connection.
@@ -286,16 +278,10 @@ pub async fn read_credentials(
         return Ok(Err(SecretProblem::NotFound(name.to_string())));
     };
     let Some(client_id) = secret_value(&secret, "clientId") else {
-        return Ok(Err(SecretProblem::MissingKey {
-            secret: name.to_string(),
-            key: "clientId",
-        }));
+        return Ok(Err(SecretProblem::MissingKey { secret: name.to_string(), key: "clientId" }));
     };
     let Some(client_secret) = secret_value(&secret, "clientSecret") else {
-        return Ok(Err(SecretProblem::MissingKey {
-            secret: name.to_string(),
-            key: "clientSecret",
-        }));
+        return Ok(Err(SecretProblem::MissingKey { secret: name.to_string(), key: "clientSecret" }));
     };
     Ok(Ok(SecretCredentials {
         credentials: Credentials::new(client_id, client_secret),
@@ -306,11 +292,7 @@ pub async fn read_credentials(
 /// The name of our webhook application in Carerix: stable, so it is found again after a restart
 /// or when the resource is re-created.
 pub fn application_name(obj: &CarerixConnection) -> String {
-    format!(
-        "carerix-operator.{}.{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
+    format!("carerix-operator.{}.{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 /// Entry point for the controller runtime.
@@ -394,11 +376,9 @@ fn classify(err: &carerix::Error, tenant: &str, what: &str) -> Failure {
             stalled: true,
             retry_after: None,
         },
-        "WebhooksNotActivated" => Failure {
-            part: webhooks_not_activated(tenant),
-            stalled: true,
-            retry_after: None,
-        },
+        "WebhooksNotActivated" => {
+            Failure { part: webhooks_not_activated(tenant), stalled: true, retry_after: None }
+        }
         "MissingScope" => Failure {
             part: Part::failed(
                 reasons::MISSING_SCOPE,
@@ -430,10 +410,7 @@ fn classify(err: &carerix::Error, tenant: &str, what: &str) -> Failure {
             retry_after: err.retry_after(),
         },
         _ => Failure {
-            part: Part::failed(
-                reasons::CARERIX_REJECTED,
-                format!("Carerix refused to {what}: {message}"),
-            ),
+            part: Part::failed(reasons::CARERIX_REJECTED, format!("Carerix refused to {what}: {message}")),
             stalled: true,
             retry_after: None,
         },
@@ -483,12 +460,9 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
     }
 
     // Credentials.
-    let creds = read_credentials(&ctx.client, &ns, &spec.credentials_secret_ref.name)
-        .await
-        .map_err(|source| Error::Kube {
-            action: "read the credentials Secret of",
-            key: key.clone(),
-            source,
+    let creds =
+        read_credentials(&ctx.client, &ns, &spec.credentials_secret_ref.name).await.map_err(|source| {
+            Error::Kube { action: "read the credentials Secret of", key: key.clone(), source }
         })?;
     let creds = match creds {
         Ok(c) => c,
@@ -517,11 +491,8 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
     if !spec.webhooks.is_empty() && !has_scope(&token.scopes, WEBHOOKS_SCOPE) {
         // Drop the token: the next pass must ask again, since activation changes the scopes.
         ctx.forget_client(&key).await;
-        let failure = Failure {
-            part: webhooks_not_activated(&spec.tenant),
-            stalled: true,
-            retry_after: None,
-        };
+        let failure =
+            Failure { part: webhooks_not_activated(&spec.tenant), stalled: true, retry_after: None };
         return finish_with_failure(&ctx, &obj, failure, true, Some(credentials_status)).await;
     }
     if spec.sync.is_some()
@@ -572,24 +543,13 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         }
     };
     for (reason, note) in &report.repaired {
-        publish(
-            &ctx,
-            &obj,
-            EventType::Normal,
-            reason,
-            "RepairWebhook",
-            note.clone(),
-        )
-        .await;
+        publish(&ctx, &obj, EventType::Normal, reason, "RepairWebhook", note.clone()).await;
     }
     let ready_count = report.states.iter().filter(|s| s.state == "enabled").count();
     let webhooks_part = if desired.is_empty() {
         Part::ok(reasons::NO_WEBHOOKS, "no webhooks configured")
     } else {
-        Part::ok(
-            reasons::WEBHOOKS_CREATED,
-            format!("{ready_count}/{} webhooks ready", desired.len()),
-        )
+        Part::ok(reasons::WEBHOOKS_CREATED, format!("{ready_count}/{} webhooks ready", desired.len()))
     };
     let webhooks_status = WebhooksStatus {
         application_id: report.application_id.clone(),
@@ -612,15 +572,8 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         stalled: None,
         ready_override: None,
     };
-    write_status(
-        &ctx,
-        &obj,
-        outcome,
-        Some(credentials_status),
-        Some(webhooks_status),
-        ctx.sync.status(&obj),
-    )
-    .await?;
+    write_status(&ctx, &obj, outcome, Some(credentials_status), Some(webhooks_status), ctx.sync.status(&obj))
+        .await?;
     ctx.backoffs.succeeded(&key);
     let next = if ctx.sync.in_progress(&obj) {
         interval.min(Duration::from_secs(10))
@@ -639,18 +592,12 @@ impl Outcome {
 
 fn blocked_outcome(part: Part, has_sync: bool, credentials: bool) -> Outcome {
     let waiting = |what: &str| {
-        Part::unknown(
-            reasons::CREDENTIALS_NOT_VALID,
-            format!("{what} waits for valid credentials"),
-        )
+        Part::unknown(reasons::CREDENTIALS_NOT_VALID, format!("{what} waits for valid credentials"))
     };
     let (credentials_part, webhooks_part) = if credentials {
         (part.clone(), waiting("webhooks"))
     } else {
-        (
-            Part::ok("CredentialsAccepted", "credentials accepted"),
-            part.clone(),
-        )
+        (Part::ok("CredentialsAccepted", "credentials accepted"), part.clone())
     };
     Outcome {
         credentials: credentials_part,
@@ -726,10 +673,8 @@ async fn desired_webhooks(
                 })?;
                 cache.insert(sref.name.clone(), s);
             }
-            let value = cache
-                .get(&sref.name)
-                .and_then(|s| s.as_ref())
-                .and_then(|s| secret_value(s, &sref.key));
+            let value =
+                cache.get(&sref.name).and_then(|s| s.as_ref()).and_then(|s| secret_value(s, &sref.key));
             match value {
                 Some(v) => headers.push((h.name.clone(), v)),
                 None => {
@@ -762,43 +707,19 @@ async fn ensure_webhooks(
     let hooks = cx.webhooks();
     let me = cx.client_id().to_string();
     let name = application_name(obj);
-    let known_id = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.webhooks.as_ref())
-        .and_then(|w| w.application_id.clone());
-    let apps = hooks.list_applications().await?;
-    let ours = |a: &&carerix::Application| a.created_by.as_deref().is_none_or(|c| c == me);
-    let mut app = known_id
-        .as_deref()
-        .and_then(|id| apps.iter().filter(ours).find(|a| a.id.as_str() == id))
-        .or_else(|| {
-            apps.iter()
-                .filter(ours)
-                .find(|a| a.name.as_deref() == Some(name.as_str()))
-        })
-        .cloned();
+    // The one in status first, then one adopted by its name.
+    let mut app = our_applications(cx, obj).await?.into_iter().next();
     let mut repaired = Vec::new();
     if app.is_none() {
         if desired.is_empty() {
-            return Ok(WebhooksReport {
-                application_id: None,
-                public_key: None,
-                states: vec![],
-                repaired,
-            });
+            return Ok(WebhooksReport { application_id: None, public_key: None, states: vec![], repaired });
         }
         let created = hooks.create_application(&name).await?;
         info!(application = %created.id.as_str(), "created the webhook application");
         app = Some(created);
     }
     let Some(app) = app else {
-        return Ok(WebhooksReport {
-            application_id: None,
-            public_key: None,
-            states: vec![],
-            repaired,
-        });
+        return Ok(WebhooksReport { application_id: None, public_key: None, states: vec![], repaired });
     };
     let actual: Vec<carerix::Webhook> = hooks.list_webhooks(&app.id).await?;
     let actual_plain: Vec<ActualWebhook> = actual
@@ -820,9 +741,7 @@ async fn ensure_webhooks(
         ids.insert(name.clone(), (id.clone(), "enabled".into()));
     }
     for (name, id, was) in &plan.enable {
-        let enabled = hooks
-            .enable_webhook(&app.id, &carerix::WebhookId::from(id.clone()))
-            .await?;
+        let enabled = hooks.enable_webhook(&app.id, &carerix::WebhookId::from(id.clone())).await?;
         repaired.push((
             "WebhookReenabled",
             format!("re-enabled webhook {name} ({id}), which was {was} in Carerix"),
@@ -830,10 +749,7 @@ async fn ensure_webhooks(
         ids.insert(name.clone(), (id.clone(), enabled.status.as_str().to_string()));
     }
     for id in &plan.delete {
-        match hooks
-            .delete_webhook(&app.id, &carerix::WebhookId::from(id.clone()))
-            .await
-        {
+        match hooks.delete_webhook(&app.id, &carerix::WebhookId::from(id.clone())).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
@@ -863,38 +779,26 @@ async fn ensure_webhooks(
             {
                 repaired.push((
                     "WebhookRecreated",
-                    format!(
-                        "re-created webhook {}, which was missing or different in Carerix",
-                        want.name
-                    ),
+                    format!("re-created webhook {}, which was missing or different in Carerix", want.name),
                 ));
             }
             Some(_) => {
-                repaired.push((
-                    "WebhookReplaced",
-                    format!("replaced webhook {} to match the spec", want.name),
-                ));
+                repaired
+                    .push(("WebhookReplaced", format!("replaced webhook {} to match the spec", want.name)));
             }
             None => {}
         }
         let mut status = created.status.as_str().to_string();
         if status != "enabled" {
-            status = hooks
-                .enable_webhook(&app.id, &created.id)
-                .await?
-                .status
-                .as_str()
-                .to_string();
+            status = hooks.enable_webhook(&app.id, &created.id).await?.status.as_str().to_string();
         }
         ids.insert(want.name.clone(), (created.id.as_str().to_string(), status));
     }
     let states = desired
         .iter()
         .map(|d| {
-            let (id, state) = ids
-                .get(&d.name)
-                .cloned()
-                .map_or((None, "missing".to_string()), |(i, s)| (Some(i), s));
+            let (id, state) =
+                ids.get(&d.name).cloned().map_or((None, "missing".to_string()), |(i, s)| (Some(i), s));
             WebhookState {
                 name: d.name.clone(),
                 id,
@@ -936,18 +840,11 @@ async fn cleanup(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Actio
         let mut outcome = blocked_outcome(part.clone(), obj.spec.sync.is_some(), true);
         outcome.ready_override = Some(part);
         write_status(&ctx, &obj, outcome, None, None, None).await?;
-        Err::<Action, Error>(Error::CleanupBlocked {
-            key: key.clone(),
-            reason,
-        })
+        Err::<Action, Error>(Error::CleanupBlocked { key: key.clone(), reason })
     };
-    let creds = read_credentials(&ctx.client, &ns, &obj.spec.credentials_secret_ref.name)
-        .await
-        .map_err(|source| Error::Kube {
-            action: "read the credentials Secret of",
-            key: key.clone(),
-            source,
-        })?;
+    let creds = read_credentials(&ctx.client, &ns, &obj.spec.credentials_secret_ref.name).await.map_err(
+        |source| Error::Kube { action: "read the credentials Secret of", key: key.clone(), source },
+    )?;
     let creds = match creds {
         Ok(c) => c,
         Err(SecretProblem::NotFound(name)) => {
@@ -976,29 +873,39 @@ async fn cleanup(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Actio
     }
 }
 
+/// Our webhook applications for `obj` in Carerix: created by our client, and either the one
+/// recorded in status or one with our name (found again after a restart or a re-created
+/// resource). The recorded one comes first.
+async fn our_applications(
+    cx: &CarerixClient,
+    obj: &CarerixConnection,
+) -> Result<Vec<carerix::Application>, carerix::Error> {
+    let me = cx.client_id();
+    let name = application_name(obj);
+    let known_id =
+        obj.status.as_ref().and_then(|s| s.webhooks.as_ref()).and_then(|w| w.application_id.clone());
+    let mut apps: Vec<carerix::Application> = cx
+        .webhooks()
+        .list_applications()
+        .await?
+        .into_iter()
+        .filter(|a| a.created_by.as_deref().is_none_or(|c| c == me))
+        .filter(|a| a.name.as_deref() == Some(name.as_str()) || known_id.as_deref() == Some(a.id.as_str()))
+        .collect();
+    apps.sort_by_key(|a| known_id.as_deref() != Some(a.id.as_str()));
+    Ok(apps)
+}
+
 async fn remove_application(cx: &CarerixClient, obj: &CarerixConnection) -> Result<(), carerix::Error> {
     let hooks = cx.webhooks();
     let me = cx.client_id().to_string();
-    let name = application_name(obj);
-    let known_id = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.webhooks.as_ref())
-        .and_then(|w| w.application_id.clone());
-    let apps = hooks.list_applications().await?;
-    for app in apps.iter().filter(|a| {
-        a.created_by.as_deref().is_none_or(|c| c == me)
-            && (a.name.as_deref() == Some(name.as_str()) || known_id.as_deref() == Some(a.id.as_str()))
-    }) {
+    for app in &our_applications(cx, obj).await? {
         let webhooks = match hooks.list_webhooks(&app.id).await {
             Ok(w) => w,
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),
         };
-        for w in webhooks
-            .iter()
-            .filter(|w| w.created_by.as_deref().is_none_or(|c| c == me))
-        {
+        for w in webhooks.iter().filter(|w| w.created_by.as_deref().is_none_or(|c| c == me)) {
             match hooks.delete_webhook(&app.id, &w.id).await {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
@@ -1080,17 +987,9 @@ async fn write_status(
         "kind": "CarerixConnection",
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: "write the status of",
-        key: key.clone(),
-        source,
-    })?;
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Kube { action: "write the status of", key: key.clone(), source })?;
     debug!(connection = %key, "status written");
 
     let old_ready = conditions::find(&old.conditions, conditions::types::READY);
@@ -1098,20 +997,9 @@ async fn write_status(
     let changed = old_ready
         .is_none_or(|c| c.status != format!("{:?}", new_ready.status) || c.reason != new_ready.reason);
     if changed {
-        let type_ = if new_ready.status == conditions::Status::True {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        publish(
-            ctx,
-            obj,
-            type_,
-            &new_ready.reason,
-            "Reconcile",
-            new_ready.message.clone(),
-        )
-        .await;
+        let type_ =
+            if new_ready.status == conditions::Status::True { EventType::Normal } else { EventType::Warning };
+        publish(ctx, obj, type_, &new_ready.reason, "Reconcile", new_ready.message.clone()).await;
     }
     Ok(())
 }

@@ -80,12 +80,7 @@ impl Plan {
 
 /// Normalizes a list of events: lowercase, sorted, without duplicates.
 pub fn normalize_events<S: AsRef<str>>(events: &[S]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e.as_ref().to_ascii_lowercase())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    events.iter().map(|e| e.as_ref().to_ascii_lowercase()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Normalizes headers: sorted by lowercase name.
@@ -121,8 +116,7 @@ pub fn plan(desired: &[DesiredWebhook], actual: &[ActualWebhook]) -> Plan {
                 if a.status == "enabled" {
                     plan.keep.push((want.name.clone(), a.id.clone()));
                 } else {
-                    plan.enable
-                        .push((want.name.clone(), a.id.clone(), a.status.clone()));
+                    plan.enable.push((want.name.clone(), a.id.clone(), a.status.clone()));
                 }
             }
             None => plan.create.push(want.clone()),
@@ -170,17 +164,8 @@ mod tests {
     #[test]
     fn an_identical_enabled_webhook_is_kept_and_nothing_changes() {
         let p = plan(
-            &[desired(
-                "a",
-                "https://x",
-                &["cremployee:updated", "cremployee:created"],
-            )],
-            &[actual(
-                "1",
-                "https://x",
-                &["CREmployee:created", "cremployee:updated"],
-                "enabled",
-            )],
+            &[desired("a", "https://x", &["cremployee:updated", "cremployee:created"])],
+            &[actual("1", "https://x", &["CREmployee:created", "cremployee:updated"], "enabled")],
         );
         assert!(p.is_noop(), "{p:?}");
         assert_eq!(p.keep, vec![("a".to_string(), "1".to_string())]);
@@ -189,10 +174,7 @@ mod tests {
     #[test]
     fn a_disabled_or_errored_webhook_is_re_enabled() {
         let p = plan(
-            &[
-                desired("a", "https://x", &["crmatch:created"]),
-                desired("b", "https://y", &["crjob:created"]),
-            ],
+            &[desired("a", "https://x", &["crmatch:created"]), desired("b", "https://y", &["crjob:created"])],
             &[
                 actual("1", "https://x", &["crmatch:created"], "disabled"),
                 actual("2", "https://y", &["crjob:created"], "error"),
@@ -234,11 +216,7 @@ mod tests {
         foreign.owned = false;
         let p = plan(&[desired("a", "https://x", &["crmatch:created"])], &[foreign]);
         assert!(p.delete.is_empty() && p.enable.is_empty());
-        assert_eq!(
-            p.create.len(),
-            1,
-            "we create our own instead of adopting another client's"
-        );
+        assert_eq!(p.create.len(), 1, "we create our own instead of adopting another client's");
     }
 
     #[test]

@@ -41,14 +41,7 @@ impl Batcher {
     /// outer option means the batcher is gone.
     pub async fn fetch(&self, entity: Entity, id: &str) -> Option<Fetched> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request {
-                entity,
-                id: id.to_string(),
-                reply,
-            })
-            .await
-            .ok()?;
+        self.tx.send(Request { entity, id: id.to_string(), reply }).await.ok()?;
         rx.await.ok()
     }
 }

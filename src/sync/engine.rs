@@ -39,12 +39,7 @@ pub struct Target {
 impl Target {
     /// A target from its parts.
     pub fn new(client: CarerixClient, pool: Pool, schema: Schema, connection: impl Into<String>) -> Self {
-        Target {
-            client: Arc::new(RwLock::new(client)),
-            pool,
-            schema,
-            connection: connection.into(),
-        }
+        Target { client: Arc::new(RwLock::new(client)), pool, schema, connection: connection.into() }
     }
 
     /// The current client.
@@ -148,12 +143,7 @@ impl Engine {
                 p.entities.insert(*e, EntityProgress::default());
             }
         });
-        Engine {
-            target,
-            entities,
-            progress,
-            metrics: None,
-        }
+        Engine { target, entities, progress, metrics: None }
     }
 
     /// Counts records and lag in `metrics`.
@@ -173,10 +163,7 @@ impl Engine {
     }
 
     fn labels(&self) -> (&str, &str) {
-        self.target
-            .connection
-            .split_once('/')
-            .unwrap_or(("", &self.target.connection))
+        self.target.connection.split_once('/').unwrap_or(("", &self.target.connection))
     }
 
     /// Runs the migrations and loads the stored state into the progress.
@@ -186,23 +173,14 @@ impl Engine {
     pub async fn prepare(&self) -> Result<(), Error> {
         store::migrate(&self.target.pool, &self.target.schema).await?;
         for e in &self.entities {
-            let st = store::load_state(
-                &self.target.pool,
-                &self.target.schema,
-                &self.target.connection,
-                *e,
-            )
-            .await?;
+            let st = store::load_state(&self.target.pool, &self.target.schema, &self.target.connection, *e)
+                .await?;
             self.progress.update(|p| {
                 p.started = true;
                 p.entities.insert(
                     *e,
                     EntityProgress {
-                        phase: if st.initial_done {
-                            Phase::Incremental
-                        } else {
-                            Phase::Initial
-                        },
+                        phase: if st.initial_done { Phase::Incremental } else { Phase::Initial },
                         watermark: st.watermark_date.clone(),
                         records: st.records,
                         last_run_finished: st.last_run_finished,
@@ -358,10 +336,7 @@ impl Engine {
             let page = client.graphql().page_ids(entity, &req).await?;
             let n = page.items.len();
             ids.extend(
-                page.items
-                    .iter()
-                    .filter_map(|i| i.get("_id").and_then(Value::as_str))
-                    .map(str::to_string),
+                page.items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str)).map(str::to_string),
             );
             if n < PAGE_SIZE as usize {
                 break;
@@ -394,15 +369,11 @@ impl Engine {
                 "PostgreSQL is unavailable ({e}); the sync retries with backoff and resumes from the stored watermark"
             ),
             Error::Carerix(c) if c.is_retryable() => {
-                format!(
-                    "Carerix is unavailable ({}); the sync retries with backoff",
-                    c.reason()
-                )
+                format!("Carerix is unavailable ({}); the sync retries with backoff", c.reason())
             }
             _ => format!("the data sync failed: {e}"),
         };
-        self.progress
-            .update(|p| p.failure = Some(Failure { reason, message }));
+        self.progress.update(|p| p.failure = Some(Failure { reason, message }));
     }
 
     /// Runs forever: prepare, an initial pass, a full comparison, then incremental passes every

@@ -54,10 +54,7 @@ pub fn id_literal(id: &str) -> String {
 /// An instant as an `NSCalendarDate` literal with its Amsterdam offset, which is exact even in
 /// the repeated autumn hour.
 pub fn date_literal(at: DateTime<Utc>) -> String {
-    format!(
-        "(NSCalendarDate) '{}'",
-        at.with_timezone(&Amsterdam).format("%Y-%m-%d %H:%M:%S %z")
-    )
+    format!("(NSCalendarDate) '{}'", at.with_timezone(&Amsterdam).format("%Y-%m-%d %H:%M:%S %z"))
 }
 
 /// The qualifier of the next page after `cursor` (`None`: from the beginning).
@@ -65,10 +62,9 @@ pub fn modified_after(cursor: Option<&Cursor>) -> Option<String> {
     let c = cursor?;
     let date = date_literal(c.at);
     Some(match &c.id {
-        Some(id) => format!(
-            "modificationDate > {date} OR (modificationDate = {date} AND _id > {})",
-            id_literal(id)
-        ),
+        Some(id) => {
+            format!("modificationDate > {date} OR (modificationDate = {date} AND _id > {})", id_literal(id))
+        }
         None => format!("modificationDate >= {date}"),
     })
 }
@@ -80,10 +76,7 @@ pub fn id_after(last: Option<&str>) -> Option<String> {
 
 /// A qualifier that selects the given ids (`_id = 1 OR _id = 2 ...`).
 pub fn ids_qualifier<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
-    ids.into_iter()
-        .map(|id| format!("_id = {}", id_literal(id)))
-        .collect::<Vec<_>>()
-        .join(" OR ")
+    ids.into_iter().map(|id| format!("_id = {}", id_literal(id))).collect::<Vec<_>>().join(" OR ")
 }
 
 /// Reconstructs the instant of a record from its wall-clock `modificationDate`, given the key of
@@ -104,13 +97,7 @@ pub fn resolve_instant(
         Ordering::Equal => prev_id.is_none_or(|p| cmp_ids(id, p) != Ordering::Less),
         Ordering::Less => false,
     };
-    Some(
-        candidates
-            .iter()
-            .copied()
-            .find(after)
-            .unwrap_or_else(|| parsed.latest()),
-    )
+    Some(candidates.iter().copied().find(after).unwrap_or_else(|| parsed.latest()))
 }
 
 /// Whether a wall-clock value lies in the repeated autumn hour (two instants).
@@ -142,10 +129,7 @@ fn fall_backs_near(t: DateTime<Utc>) -> Vec<DateTime<Utc>> {
 /// the pass starts one hour earlier (and re-upserts what it reads again, idempotently).
 pub fn lookback_start(watermark: &Cursor, now: DateTime<Utc>) -> Cursor {
     let from = watermark.at - Duration::hours(1);
-    if fall_backs_near(watermark.at)
-        .into_iter()
-        .any(|t| t >= from && t <= now)
-    {
+    if fall_backs_near(watermark.at).into_iter().any(|t| t >= from && t <= now) {
         Cursor { at: from, id: None }
     } else {
         watermark.clone()
@@ -157,9 +141,7 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .expect("rfc3339")
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).expect("rfc3339")
     }
 
     #[test]
@@ -169,10 +151,7 @@ mod tests {
 
     #[test]
     fn the_keyset_qualifier_breaks_ties_on_the_numeric_id() {
-        let c = Cursor {
-            at: utc("2025-06-01T10:00:00Z"),
-            id: Some("4711".into()),
-        };
+        let c = Cursor { at: utc("2025-06-01T10:00:00Z"), id: Some("4711".into()) };
         assert_eq!(
             modified_after(Some(&c)).as_deref(),
             Some(
@@ -180,10 +159,7 @@ mod tests {
                  (modificationDate = (NSCalendarDate) '2025-06-01 12:00:00 +0200' AND _id > 4711)"
             )
         );
-        let open = Cursor {
-            at: utc("2025-01-01T10:00:00Z"),
-            id: None,
-        };
+        let open = Cursor { at: utc("2025-01-01T10:00:00Z"), id: None };
         assert_eq!(
             modified_after(Some(&open)).as_deref(),
             Some("modificationDate >= (NSCalendarDate) '2025-01-01 11:00:00 +0100'")
@@ -192,14 +168,8 @@ mod tests {
 
     #[test]
     fn the_second_pass_of_the_repeated_hour_is_written_with_its_own_offset() {
-        assert_eq!(
-            date_literal(utc("2025-10-26T00:10:00Z")),
-            "(NSCalendarDate) '2025-10-26 02:10:00 +0200'"
-        );
-        assert_eq!(
-            date_literal(utc("2025-10-26T01:10:00Z")),
-            "(NSCalendarDate) '2025-10-26 02:10:00 +0100'"
-        );
+        assert_eq!(date_literal(utc("2025-10-26T00:10:00Z")), "(NSCalendarDate) '2025-10-26 02:10:00 +0200'");
+        assert_eq!(date_literal(utc("2025-10-26T01:10:00Z")), "(NSCalendarDate) '2025-10-26 02:10:00 +0100'");
     }
 
     #[test]
@@ -223,16 +193,10 @@ mod tests {
         let t = resolve_instant("2025-10-26 02:10:00", "3", Some((&prev, Some("2")))).expect("parses");
         assert_eq!(t, utc("2025-10-26T01:10:00Z"));
         // without a previous record the earliest reading is taken
-        assert_eq!(
-            resolve_instant("2025-10-26 02:10:00", "3", None),
-            Some(utc("2025-10-26T00:10:00Z"))
-        );
+        assert_eq!(resolve_instant("2025-10-26 02:10:00", "3", None), Some(utc("2025-10-26T00:10:00Z")));
         // the same second as the cursor with a higher id stays at that second
         let same = utc("2025-06-01T10:00:00Z");
-        assert_eq!(
-            resolve_instant("2025-06-01 12:00:00", "5", Some((&same, Some("4")))),
-            Some(same)
-        );
+        assert_eq!(resolve_instant("2025-06-01 12:00:00", "5", Some((&same, Some("4")))), Some(same));
         assert!(is_ambiguous("2025-10-26 02:59:59"));
         assert!(!is_ambiguous("2025-10-26 03:00:00"));
     }
@@ -240,38 +204,17 @@ mod tests {
     #[test]
     fn the_lookback_applies_only_near_a_fall_back_transition() {
         let now = utc("2026-03-01T00:00:00Z");
-        let near = Cursor {
-            at: utc("2025-10-26T01:30:00Z"),
-            id: Some("7".into()),
-        };
-        assert_eq!(
-            lookback_start(&near, now),
-            Cursor {
-                at: utc("2025-10-26T00:30:00Z"),
-                id: None
-            }
-        );
-        let before = Cursor {
-            at: utc("2025-10-26T00:30:00Z"),
-            id: Some("7".into()),
-        };
+        let near = Cursor { at: utc("2025-10-26T01:30:00Z"), id: Some("7".into()) };
+        assert_eq!(lookback_start(&near, now), Cursor { at: utc("2025-10-26T00:30:00Z"), id: None });
+        let before = Cursor { at: utc("2025-10-26T00:30:00Z"), id: Some("7".into()) };
         assert_eq!(lookback_start(&before, now).at, utc("2025-10-25T23:30:00Z"));
-        let after = Cursor {
-            at: utc("2025-11-15T00:00:00Z"),
-            id: Some("7".into()),
-        };
+        let after = Cursor { at: utc("2025-11-15T00:00:00Z"), id: Some("7".into()) };
         assert_eq!(lookback_start(&after, now), after);
         // a watermark from before a transition that has happened since looks back too
-        let summer = Cursor {
-            at: utc("2025-07-01T00:00:00Z"),
-            id: Some("7".into()),
-        };
+        let summer = Cursor { at: utc("2025-07-01T00:00:00Z"), id: Some("7".into()) };
         assert_eq!(lookback_start(&summer, now).at, utc("2025-06-30T23:00:00Z"));
         // the transition has not happened yet: no lookback
-        let soon = Cursor {
-            at: utc("2025-10-26T00:30:00Z"),
-            id: None,
-        };
+        let soon = Cursor { at: utc("2025-10-26T00:30:00Z"), id: None };
         assert_eq!(lookback_start(&soon, utc("2025-10-26T00:40:00Z")), soon);
     }
 }

@@ -217,10 +217,7 @@ impl SyncManager {
                 let mut w = reg.target.client.write().unwrap_or_else(|p| p.into_inner());
                 *w = target.client();
             }
-            let same_key = inner
-                .running
-                .get(&key)
-                .is_some_and(|r| r.public_key == public_key);
+            let same_key = inner.running.get(&key).is_some_and(|r| r.public_key == public_key);
             if !same_key && let Some(old) = inner.registered.get(&key).cloned() {
                 let reg = Registration {
                     target: old.target.clone(),
@@ -243,14 +240,12 @@ impl SyncManager {
             Engine::new(target.clone(), settings.entities.clone()).with_metrics(self.metrics.clone());
         let progress = engine.progress();
         let trigger = self.trigger.clone();
-        let obj_ref = key
-            .split_once('/')
-            .map(|(ns, name)| ObjectRef::<CarerixConnection>::new(name).within(ns));
+        let obj_ref =
+            key.split_once('/').map(|(ns, name)| ObjectRef::<CarerixConnection>::new(name).within(ns));
         let changed = move || {
-            if let (Some(tx), Some(r)) = (
-                trigger.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
-                obj_ref.as_ref(),
-            ) {
+            if let (Some(tx), Some(r)) =
+                (trigger.lock().unwrap_or_else(|p| p.into_inner()).as_ref(), obj_ref.as_ref())
+            {
                 let _ = tx.unbounded_send(r.clone());
             }
         };
@@ -262,15 +257,9 @@ impl SyncManager {
             batcher: batcher::Batcher::spawn(target),
         };
         inner.registered.insert(key.clone(), Arc::new(reg));
-        inner.running.insert(
-            key,
-            Running {
-                fingerprint: fingerprint.to_string(),
-                task,
-                progress,
-                public_key,
-            },
-        );
+        inner
+            .running
+            .insert(key, Running { fingerprint: fingerprint.to_string(), task, progress, public_key });
     }
 
     /// Stops the sync of connection `key`.
@@ -297,10 +286,7 @@ impl SyncManager {
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         let secret = api.get_opt(&sel.name).await.map_err(|e| {
-            Error::Secret(format!(
-                "could not read the Secret {:?} with the PostgreSQL URL: {e}",
-                sel.name
-            ))
+            Error::Secret(format!("could not read the Secret {:?} with the PostgreSQL URL: {e}", sel.name))
         })?;
         let Some(secret) = secret else {
             return Err(Error::Secret(format!(
@@ -308,27 +294,16 @@ impl SyncManager {
                 sel.name, sel.key
             )));
         };
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&sel.key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(&sel.key))
-                    .map(|s| s.clone().into_bytes())
-            });
+        let bytes = secret.data.as_ref().and_then(|d| d.get(&sel.key)).map(|b| b.0.clone()).or_else(|| {
+            secret.string_data.as_ref().and_then(|d| d.get(&sel.key)).map(|s| s.clone().into_bytes())
+        });
         let Some(bytes) = bytes else {
             return Err(Error::Secret(format!(
                 "the Secret {:?} has no key {:?} with the PostgreSQL URL",
                 sel.name, sel.key
             )));
         };
-        String::from_utf8(bytes)
-            .map(|s| s.trim().to_string())
-            .map_err(|_| Error::InvalidSinkUrl)
+        String::from_utf8(bytes).map(|s| s.trim().to_string()).map_err(|_| Error::InvalidSinkUrl)
     }
 
     fn set_setup_error(&self, key: &str, e: &Error) {
@@ -337,9 +312,7 @@ impl SyncManager {
             r.task.abort();
         }
         inner.registered.remove(key);
-        inner
-            .setup_errors
-            .insert(key.to_string(), (e.condition_reason(), e.to_string()));
+        inner.setup_errors.insert(key.to_string(), (e.condition_reason(), e.to_string()));
     }
 }
 
@@ -370,12 +343,7 @@ impl SyncReport for SyncManager {
             schema.name(),
             Sha256::digest(format!("{url}|{}|{}", obj.spec.tenant, obj.spec.api_url()).as_bytes())
         );
-        self.start(
-            Target::new(cx.clone(), pool, schema, key),
-            settings,
-            &fingerprint,
-            public_key,
-        );
+        self.start(Target::new(cx.clone(), pool, schema, key), settings, &fingerprint, public_key);
     }
 
     async fn stop(&self, obj: &CarerixConnection) {
@@ -404,11 +372,7 @@ impl SyncReport for SyncManager {
                         "{} {}{}",
                         e.name(),
                         s.records,
-                        if s.phase == engine::Phase::Initial {
-                            ""
-                        } else {
-                            " (done)"
-                        }
+                        if s.phase == engine::Phase::Initial { "" } else { " (done)" }
                     )
                 })
                 .collect::<Vec<_>>()
@@ -418,10 +382,7 @@ impl SyncReport for SyncManager {
                 format!("the initial data sync is in progress: {counts}"),
             );
         }
-        Part::ok(
-            reasons::SYNCED,
-            format!("{} entities are synced to PostgreSQL", p.entities.len()),
-        )
+        Part::ok(reasons::SYNCED, format!("{} entities are synced to PostgreSQL", p.entities.len()))
     }
 
     fn status(&self, obj: &CarerixConnection) -> Option<SyncStatus> {
@@ -445,9 +406,7 @@ impl SyncReport for SyncManager {
             .collect();
         Some(SyncStatus {
             records: Some(entities.iter().map(|e| e.records).sum()),
-            last_sync_time: p
-                .last_sync_time
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            last_sync_time: p.last_sync_time.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             entities,
         })
     }

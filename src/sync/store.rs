@@ -60,13 +60,7 @@ pub fn pool(url: &str) -> Result<Pool, Error> {
     let mut cfg = tokio_postgres::Config::from_str(url).map_err(|_| Error::InvalidSinkUrl)?;
     cfg.connect_timeout(Duration::from_secs(5));
     cfg.application_name("carerix-operator");
-    let mgr = Manager::from_config(
-        cfg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(mgr)
         .max_size(8)
         .runtime(Runtime::Tokio1)
@@ -90,14 +84,8 @@ impl Schema {
         let ok = !name.is_empty()
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if ok {
-            Ok(Schema(name.to_string()))
-        } else {
-            Err(Error::InvalidSchema(name.to_string()))
-        }
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok { Ok(Schema(name.to_string())) } else { Err(Error::InvalidSchema(name.to_string())) }
     }
 
     /// The bare name.
@@ -125,8 +113,7 @@ pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
     let mut client = pool.get().await?;
     let lock_key = format!("carerix-operator:{}", schema.name());
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
-        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS \"{s}\"; CREATE TABLE IF NOT EXISTS {m} (version integer PRIMARY KEY, \
          applied_at timestamptz NOT NULL DEFAULT now())",
@@ -137,35 +124,25 @@ pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
     tx.commit().await?;
     for (version, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
-            .await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
         let done = tx
             .query_opt(
-                &format!(
-                    "SELECT 1 FROM {} WHERE version = $1",
-                    schema.table("schema_migrations")
-                ),
+                &format!("SELECT 1 FROM {} WHERE version = $1", schema.table("schema_migrations")),
                 &[version],
             )
             .await?
             .is_some();
         if !done {
-            tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", schema.name()))
-                .await?;
+            tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", schema.name())).await?;
             tx.batch_execute(sql).await?;
             if *version == 1 {
                 for e in Entity::ALL {
-                    let ddl = ENTITY_TABLE
-                        .replace("{t_plain}", e.name())
-                        .replace("{t}", &schema.entity(e));
+                    let ddl = ENTITY_TABLE.replace("{t_plain}", e.name()).replace("{t}", &schema.entity(e));
                     tx.batch_execute(&ddl).await?;
                 }
             }
             tx.execute(
-                &format!(
-                    "INSERT INTO {} (version) VALUES ($1)",
-                    schema.table("schema_migrations")
-                ),
+                &format!("INSERT INTO {} (version) VALUES ($1)", schema.table("schema_migrations")),
                 &[version],
             )
             .await?;
@@ -239,11 +216,9 @@ async fn upsert(
     if items.is_empty() {
         return Ok(0);
     }
-    let force = items.iter().any(|r| {
-        r.get("modificationDate")
-            .and_then(Value::as_str)
-            .is_some_and(super::keyset::is_ambiguous)
-    });
+    let force = items
+        .iter()
+        .any(|r| r.get("modificationDate").and_then(Value::as_str).is_some_and(super::keyset::is_ambiguous));
     let sql = format!(
         "INSERT INTO {t} AS t (connection, id, modification_date, deleted, deleted_at, record, synced_at) \
          SELECT $1, r->>'_id', r->>'modificationDate', COALESCE(r->>'deleted', '0') NOT IN ('0', 'false'), \
@@ -287,14 +262,7 @@ pub async fn store_page(
              watermark_id = excluded.watermark_id, records = excluded.records",
             schema.table("sync_state")
         ),
-        &[
-            &connection,
-            &entity.name(),
-            &watermark_date,
-            &cursor.at,
-            &cursor.id,
-            &records,
-        ],
+        &[&connection, &entity.name(), &watermark_date, &cursor.at, &cursor.id, &records],
     )
     .await?;
     tx.commit().await?;

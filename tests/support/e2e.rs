@@ -26,18 +26,11 @@ pub async fn emulator(tenants: &[(&str, bool)], clients: &[(&str, &str, &str)]) 
     config.same_second_burst = 0;
     config.tenants = tenants
         .iter()
-        .map(|(n, a)| TenantConfig {
-            name: (*n).to_string(),
-            webhooks_activated: *a,
-        })
+        .map(|(n, a)| TenantConfig { name: (*n).to_string(), webhooks_activated: *a })
         .collect();
     config.clients = clients
         .iter()
-        .map(|(t, id, s)| ClientConfig {
-            tenant: (*t).into(),
-            client_id: (*id).into(),
-            secret: (*s).into(),
-        })
+        .map(|(t, id, s)| ClientConfig { tenant: (*t).into(), client_id: (*id).into(), secret: (*s).into() })
         .collect();
     carerix_sim::spawn(config).await.expect("the emulator starts")
 }
@@ -90,13 +83,7 @@ impl Operator {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::env::temp_dir().join(format!("carerix-operator-{port}.log"));
-        let mut op = Operator {
-            child: None,
-            port,
-            log,
-            args,
-            kubeconfig,
-        };
+        let mut op = Operator { child: None, port, log, args, kubeconfig };
         op.spawn();
         op
     }
@@ -146,9 +133,7 @@ impl Operator {
 
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The last lines of its log, for failure messages.
@@ -160,9 +145,7 @@ impl Operator {
 
     /// GET a path of its HTTP server.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port))
-            .await
-            .ok()?;
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.text().await.unwrap_or_default()))
     }
@@ -180,23 +163,17 @@ impl Drop for Operator {
 /// Creates or replaces an Opaque Secret.
 pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) -> Secret {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let string_data: std::collections::BTreeMap<String, String> = data
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-        .collect();
+    let string_data: std::collections::BTreeMap<String, String> =
+        data.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name, "namespace": ns},
         "type": "Opaque",
         "stringData": string_data,
     });
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-tests").force(),
-        &Patch::Apply(&secret),
-    )
-    .await
-    .expect("the Secret is written")
+    api.patch(name, &PatchParams::apply("e2e-tests").force(), &Patch::Apply(&secret))
+        .await
+        .expect("the Secret is written")
 }
 
 /// Creates a CarerixConnection from YAML (spec only).
@@ -212,13 +189,9 @@ pub async fn apply_connection(
         "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     });
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-tests").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .expect("the CarerixConnection is accepted")
+    api.patch(name, &PatchParams::apply("e2e-tests").force(), &Patch::Apply(&obj))
+        .await
+        .expect("the CarerixConnection is accepted")
 }
 
 /// Deletes a CarerixConnection (the finalizer then runs).
@@ -274,13 +247,20 @@ pub async fn wait_condition(
     }
 }
 
+/// Waits until the connection no longer exists (its finalizer has run).
+pub async fn wait_gone(client: &Client, ns: &str, name: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while get_connection(client, ns, name).await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "{ns}/{name} still exists after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Creates a namespace through the API.
 pub async fn create_namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
-    api.create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace created");
+    api.create(&PostParams::default(), &ns).await.expect("namespace created");
     name
 }

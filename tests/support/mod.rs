@@ -48,23 +48,13 @@ pub fn control_plane() -> &'static ControlPlane {
 fn find_or_start() -> ControlPlane {
     let kubectl_default = PathBuf::from("kubectl");
     if let Ok(path) = std::env::var("CARERIX_TEST_KUBECONFIG") {
-        let kubectl = std::env::var("CARERIX_TEST_KUBECTL")
-            .map(PathBuf::from)
-            .unwrap_or(kubectl_default);
-        return ControlPlane {
-            kubeconfig: PathBuf::from(path),
-            kubectl,
-            dir: None,
-        };
+        let kubectl = std::env::var("CARERIX_TEST_KUBECTL").map(PathBuf::from).unwrap_or(kubectl_default);
+        return ControlPlane { kubeconfig: PathBuf::from(path), kubectl, dir: None };
     }
     if std::env::var("USE_EXISTING_CLUSTER").as_deref() == Ok("true") {
         let path = std::env::var("KUBECONFIG")
             .expect("USE_EXISTING_CLUSTER=true needs KUBECONFIG pointing at the cluster to test against");
-        return ControlPlane {
-            kubeconfig: PathBuf::from(path),
-            kubectl: kubectl_default,
-            dir: None,
-        };
+        return ControlPlane { kubeconfig: PathBuf::from(path), kubectl: kubectl_default, dir: None };
     }
     let dir = std::env::temp_dir().join(format!("carerix-operator-cp-{}", std::process::id()));
     let out = Command::new(repo_root().join("hack/control-plane.sh"))
@@ -90,29 +80,16 @@ fn find_or_start() -> ControlPlane {
 
 fn install_crd(cp: &ControlPlane) {
     let crd = repo_root().join("crds");
-    let out = cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crd.to_str().unwrap_or("crds"),
-    ]);
-    assert!(
-        out.status.success(),
-        "installing the CRD failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        cp.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap_or("crds")]);
+    assert!(out.status.success(), "installing the CRD failed: {}", String::from_utf8_lossy(&out.stderr));
     let out = cp.kubectl(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/carerixconnections.hiredata.io",
     ]);
-    assert!(
-        out.status.success(),
-        "the CRD was not established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "the CRD was not established: {}", String::from_utf8_lossy(&out.stderr));
     // Discovery lags behind Established: wait until the resource is served.
     for _ in 0..100 {
         let out = cp.kubectl(&["get", "--raw", "/apis/hiredata.io/v1alpha1"]);
@@ -145,12 +122,7 @@ impl ControlPlane {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("kubectl could not be run");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write to kubectl");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write to kubectl");
         child.wait_with_output().expect("kubectl output")
     }
 
@@ -167,11 +139,7 @@ impl ControlPlane {
     pub fn namespace(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let out = self.kubectl(&["create", "namespace", &name]);
-        assert!(
-            out.status.success(),
-            "creating namespace {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "creating namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
         let _ = self.kubectl(&["label", "namespace", &name, "carerix-operator-test=true"]);
         name
     }
@@ -225,18 +193,9 @@ pub fn helm_binary() -> &'static Path {
 pub fn helm(args: &[&str]) -> Output {
     Command::new(helm_binary())
         .args(args)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("carerix-operator-helm/cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("carerix-operator-helm/config"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            std::env::temp_dir().join("carerix-operator-helm/data"),
-        )
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("carerix-operator-helm/cache"))
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("carerix-operator-helm/config"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("carerix-operator-helm/data"))
         .output()
         .expect("helm could not be run")
 }

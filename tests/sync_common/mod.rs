@@ -35,11 +35,7 @@ fn start_postgres(dir: &Path) -> String {
         .arg(std::process::id().to_string())
         .output()
         .expect("hack/postgres.sh runs (needs Debian's postgresql package: apt-get install postgresql)");
-    assert!(
-        out.status.success(),
-        "hack/postgres.sh start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "hack/postgres.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
@@ -78,11 +74,7 @@ fn bindir() -> PathBuf {
 
 fn as_pg(args: &[&str]) -> Command {
     // PostgreSQL refuses to run as root, the script runs it as `postgres` then
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
     let mut c = if root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]);
@@ -93,8 +85,7 @@ fn as_pg(args: &[&str]) -> Command {
         c.args(&args[1..]);
         c
     };
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     c
 }
 
@@ -112,17 +103,9 @@ impl OwnPostgres {
     /// `pg_ctl stop` (fast): connections are closed, the data stays.
     pub fn stop(&self) {
         let data = self.dir.join("data");
-        let status = as_pg(&[
-            &self.pg_ctl(),
-            "-D",
-            &data.to_string_lossy(),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        ])
-        .status()
-        .expect("pg_ctl runs");
+        let status = as_pg(&[&self.pg_ctl(), "-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"])
+            .status()
+            .expect("pg_ctl runs");
         assert!(status.success(), "pg_ctl stop failed");
     }
 
@@ -157,10 +140,7 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("hack/postgres.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        let _ = Command::new(repo_root().join("hack/postgres.sh")).arg("stop").arg(&self.dir).output();
     }
 }
 
@@ -173,10 +153,7 @@ pub fn schema(test: &str) -> Schema {
 pub async fn sim(records: usize, tweak: impl FnOnce(&mut Config)) -> SimHandle {
     let mut config = Config::for_tests();
     config.records_per_entity = records;
-    config.tenants.push(TenantConfig {
-        name: TENANT.into(),
-        webhooks_activated: true,
-    });
+    config.tenants.push(TenantConfig { name: TENANT.into(), webhooks_activated: true });
     config.clients.push(ClientConfig {
         tenant: TENANT.into(),
         client_id: CLIENT_ID.into(),
@@ -212,10 +189,7 @@ pub fn sim_entity(e: Entity) -> carerix_sim::Entity {
 /// Rows of an entity in the sink: id -> (deleted, record).
 pub async fn rows(t: &Target, e: Entity) -> std::collections::BTreeMap<String, (bool, Value)> {
     let client = t.pool.get().await.expect("connection");
-    let sql = format!(
-        "SELECT id, deleted, record FROM {} WHERE connection = $1",
-        t.schema.entity(e)
-    );
+    let sql = format!("SELECT id, deleted, record FROM {} WHERE connection = $1", t.schema.entity(e));
     client
         .query(&sql, &[&t.connection])
         .await
@@ -233,29 +207,19 @@ pub async fn assert_equal(sim: &SimHandle, t: &Target, e: Entity) {
     let mut present = std::collections::BTreeSet::new();
     for rec in &expected {
         let id = rec["_id"].as_str().expect("_id").to_string();
-        let (deleted, stored) = rows
-            .get(&id)
-            .unwrap_or_else(|| panic!("{} {id} missing from the sink", e.name()));
+        let (deleted, stored) =
+            rows.get(&id).unwrap_or_else(|| panic!("{} {id} missing from the sink", e.name()));
         let sim_deleted = rec.get("deleted").and_then(Value::as_i64).unwrap_or(0) != 0;
         assert_eq!(*deleted, sim_deleted, "{} {id}: deleted flag", e.name());
         for (k, v) in stored.as_object().expect("object") {
-            assert_eq!(
-                rec.get(k).unwrap_or(&Value::Null),
-                v,
-                "{} {id}: field {k}",
-                e.name()
-            );
+            assert_eq!(rec.get(k).unwrap_or(&Value::Null), v, "{} {id}: field {k}", e.name());
         }
         assert_eq!(stored["modificationDate"], rec["modificationDate"]);
         present.insert(id);
     }
     for (id, (deleted, _)) in &rows {
         if !present.contains(id) {
-            assert!(
-                *deleted,
-                "{} {id} is gone from the emulator but not marked deleted",
-                e.name()
-            );
+            assert!(*deleted, "{} {id} is gone from the emulator but not marked deleted", e.name());
         }
     }
 }
