@@ -26,13 +26,15 @@ cargo build --bins --quiet
 target="${CARGO_TARGET_DIR:-target}/debug"
 
 say "starting the control plane (kube-apiserver + etcd; built once, then cached)"
-mkdir -p "$run_dir"
-eval "$("$here/control-plane.sh" start "$run_dir/cp")"
+mkdir -p "$run_dir" && chmod 755 "$run_dir"
+cp_env="$("$here/control-plane.sh" start "$run_dir/cp")"
+eval "$cp_env"
 testbin="$(cat "$run_dir/cp/bin")"
 kubectl() { "$testbin/kubectl" "$@"; }
 
 say "starting PostgreSQL"
-eval "$("$here/postgres.sh" start "$run_dir/pg")"
+pg_env="$("$here/postgres.sh" start "$run_dir/pg")"
+eval "$pg_env"
 pg_url="$CARERIX_TEST_POSTGRES_URL"
 
 say "starting the Carerix emulator (tenant acme, client demo-client, webhooks activated)"

@@ -11,6 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 
 run_dir="$(mktemp -d /tmp/carerix-operator-test.XXXXXX)"
+chmod 755 "$run_dir" # PostgreSQL runs as its own user when we are root, and must reach its dir
 cleanup() {
   "$here/control-plane.sh" stop "$run_dir/cp" >/dev/null 2>&1 || true
   "$here/postgres.sh" stop "$run_dir/pg" >/dev/null 2>&1 || true
@@ -25,11 +26,13 @@ if [[ "${USE_EXISTING_CLUSTER:-}" == "true" ]]; then
   : "${KUBECONFIG:?USE_EXISTING_CLUSTER=true needs KUBECONFIG}"
   export CARERIX_TEST_KUBECONFIG="$KUBECONFIG"
 else
-  eval "$("$here/control-plane.sh" start "$run_dir/cp")"
+  cp_env="$("$here/control-plane.sh" start "$run_dir/cp")"
+  eval "$cp_env"
   export CARERIX_TEST_KUBECONFIG="$KUBECONFIG"
 fi
 export CARERIX_TEST_KUBECTL="$testbin/kubectl" CARERIX_TEST_HELM="$testbin/helm"
-eval "$("$here/postgres.sh" start "$run_dir/pg")"
+pg_env="$("$here/postgres.sh" start "$run_dir/pg")"
+eval "$pg_env"
 
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$run_dir/test.log"
 status=${PIPESTATUS[0]}
