@@ -34,8 +34,10 @@ export CARERIX_TEST_KUBECTL="$testbin/kubectl" CARERIX_TEST_HELM="$testbin/helm"
 pg_env="$("$here/postgres.sh" start "$run_dir/pg")"
 eval "$pg_env"
 
+set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$run_dir/test.log"
 status=${PIPESTATUS[0]}
+set -e
 echo
 echo "== summary"
 awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped\n", p, f, i}' "$run_dir/test.log"
