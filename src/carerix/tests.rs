@@ -228,7 +228,10 @@ async fn basic_works_first_and_token_is_cached() {
     let queries = lock(&sim.queries).clone();
     assert_eq!(
         queries,
-        vec!["fields=name%2CsignatureVerification", "fields=name%2CsignatureVerification&page=1"]
+        vec![
+            "fields=name%2CsignatureVerification%2C_createdBy",
+            "fields=name%2CsignatureVerification%2C_createdBy&page=1"
+        ]
     );
 }
 
