@@ -181,9 +181,19 @@ async fn health_readiness_and_metrics_reflect_the_running_operator() {
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
     let ns = cp.namespace("metrics");
     put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
-    let op = Operator::start(cp, &[&ns], &[]);
+    let op = Operator::start(cp, &[&ns], &["--log-format", "json"]);
     apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str())).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
+    // JSON logs on request: one object per line, with level and message, and no secret.
+    let log = std::fs::read_to_string(&op.log).expect("log");
+    assert!(!log.contains("s3cret"), "a secret reached the log");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+    }
     assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
     assert_eq!(op.get("/readyz").await.map(|r| r.0), Some(200));
     let (status, text) = op.get("/metrics").await.expect("metrics");

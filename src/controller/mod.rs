@@ -214,6 +214,14 @@ impl Context {
     async fn forget_client(&self, key: &str) {
         self.clients.lock().await.remove(key);
     }
+
+    /// Drops everything kept for a connection that is gone: its client, backoff and metrics.
+    async fn forget(&self, obj: &CarerixConnection) {
+        let key = key_of(obj);
+        self.forget_client(&key).await;
+        self.backoffs.succeeded(&key);
+        self.metrics.forget_connection(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    }
 }
 
 /// Credentials read from the connection's Secret.
@@ -824,7 +832,7 @@ async fn cleanup(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Actio
     ctx.sync.stop(&obj).await;
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         info!(connection = %key, "deletionPolicy Orphan: leaving the webhooks in Carerix");
-        ctx.forget_client(&key).await;
+        ctx.forget(&obj).await;
         return Ok(Action::await_change());
     }
     let blocked = |reason: String| async {
@@ -858,8 +866,7 @@ async fn cleanup(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Actio
     let result = remove_application(&cx, &obj).await;
     match result {
         Ok(()) => {
-            ctx.forget_client(&key).await;
-            ctx.backoffs.succeeded(&key);
+            ctx.forget(&obj).await;
             Ok(Action::await_change())
         }
         Err(err) if err.reason() == "InvalidClient" => {
@@ -968,7 +975,8 @@ async fn write_status(
         // Keep what we knew when this pass could not look.
         credentials: credentials.or(old.credentials.clone()),
         webhooks: webhooks.or(old.webhooks.clone()),
-        sync: sync.or(old.sync.clone()),
+        // Without spec.sync there is no sync status; leaving it out removes what we wrote before.
+        sync: if obj.spec.sync.is_some() { sync.or(old.sync.clone()) } else { None },
     };
     ctx.metrics.set_conditions(obj, &status.conditions);
     let unchanged = conditions::same_ignoring_time(&old.conditions, &status.conditions)
