@@ -13,7 +13,11 @@
 //! A down sink or a failing Carerix answers 503 so that Carerix retries; processing is time-boxed
 //! to 8 s, inside Carerix's 10 s window. Nothing of the payload, the key or the sink URL is logged.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::Bytes,
@@ -33,7 +37,9 @@ use sha2::Sha256;
 use tracing::{debug, instrument, warn};
 
 use crate::{
+    api::CarerixConnection,
     carerix::Entity,
+    controller,
     server::ServerState,
     sync::{
         Registration,
@@ -110,16 +116,26 @@ pub async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let key = format!("{namespace}/{name}");
-    let Some(reg) = state.sync.registration(&key) else {
-        state.metrics.delivery("unknown_connection");
-        return StatusCode::NOT_FOUND;
+    let found = match state.sync.registration(&key) {
+        Some(reg) => Found::Sync(reg),
+        None => match state.lookups.find(&state, &namespace, &name).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                state.metrics.delivery("unknown_connection");
+                return StatusCode::NOT_FOUND;
+            }
+            Err(()) => {
+                state.metrics.delivery("lookup_failed");
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+        },
     };
     if body.len() > MAX_BODY_BYTES {
         state.metrics.delivery("too_large");
         return StatusCode::PAYLOAD_TOO_LARGE;
     }
     let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let verified = match (&reg.verifying_key, signature) {
+    let verified = match (found.verifying_key(), signature) {
         (Some(k), Some(sig)) => verify_signature(k, &body, sig),
         _ => false,
     };
@@ -130,6 +146,14 @@ pub async fn receive(
     let Some(delivery) = parse_delivery(&body) else {
         state.metrics.delivery("malformed");
         return StatusCode::BAD_REQUEST;
+    };
+    let reg = match found {
+        Found::Sync(reg) => reg,
+        Found::KeyOnly(_) => {
+            // Verified, but this connection syncs nothing: there is no row to keep fresh.
+            state.metrics.delivery("ignored");
+            return StatusCode::OK;
+        }
     };
     match tokio::time::timeout(PROCESSING_BUDGET, process(&reg, &delivery)).await {
         Ok(Ok(result)) => {
@@ -238,5 +262,84 @@ mod tests {
         assert_eq!(entity_for("crmatch:created", &synced), Some(Entity::Matches));
         assert_eq!(entity_for("crvacancy:updated", &synced), None);
         assert_eq!(entity_for("crsomethingelse:updated", &synced), None);
+    }
+}
+
+/// How long a connection looked up by the receiver is trusted before it is looked up again.
+const LOOKUP_TTL: Duration = Duration::from_secs(120);
+
+/// What the receiver knows of a connection.
+#[derive(Clone)]
+pub enum Found {
+    /// It syncs: verify with its key, then apply to its sink.
+    Sync(Arc<Registration>),
+    /// It syncs nothing: verify with its key (if its application has one), then acknowledge.
+    KeyOnly(Option<Arc<VerifyingKey<Sha256>>>),
+}
+
+impl Found {
+    fn verifying_key(&self) -> Option<&VerifyingKey<Sha256>> {
+        match self {
+            Found::Sync(reg) => reg.verifying_key.as_ref(),
+            Found::KeyOnly(key) => key.as_deref(),
+        }
+    }
+}
+
+/// Connections this process receives deliveries for but does not reconcile itself: after a
+/// restart before their first reconcile, or on a standby replica (which only reads from Carerix
+/// and writes to the sink; it never writes to Carerix). Resolved from Kubernetes and Carerix,
+/// kept for [`LOOKUP_TTL`], so a rotated key or Secret is picked up.
+#[derive(Clone, Default)]
+pub struct Lookups {
+    cache: Arc<Mutex<HashMap<String, (Instant, Found)>>>,
+}
+
+impl Lookups {
+    /// `Ok(None)` when no such connection exists; `Err` when it could not be resolved now.
+    async fn find(&self, state: &ServerState, ns: &str, name: &str) -> Result<Option<Found>, ()> {
+        let key = format!("{ns}/{name}");
+        if let Some((at, found)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && at.elapsed() < LOOKUP_TTL
+        {
+            return Ok(Some(found.clone()));
+        }
+        let api: kube::Api<CarerixConnection> = kube::Api::namespaced(state.client.clone(), ns);
+        let obj = match api.get_opt(name).await {
+            Ok(Some(obj)) => obj,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                warn!(error = %e, "could not read the connection of a delivery");
+                return Err(());
+            }
+        };
+        let creds = match controller::read_credentials(
+            &state.client,
+            ns,
+            &obj.spec.credentials_secret_ref.name,
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return Err(()),
+        };
+        let cx =
+            controller::new_client(&obj.spec, &creds, &state.carerix, &state.rate_limiters, &state.metrics)
+                .map_err(|_| ())?;
+        let apps = controller::our_applications(&cx, &obj).await.map_err(|e| {
+            debug!(reason = e.reason(), "could not find the webhook application of a delivery");
+        })?;
+        let public_key = apps.into_iter().next().and_then(|a| a.public_key);
+        let found = if obj.spec.sync.is_some() {
+            let reg =
+                state.sync.receiver_registration(&obj, &cx, public_key.as_deref()).await.map_err(|e| {
+                    debug!(error = %e, "could not reach the sink of a delivery");
+                })?;
+            Found::Sync(Arc::new(reg))
+        } else {
+            Found::KeyOnly(public_key.as_deref().and_then(parse_public_key).map(Arc::new))
+        };
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (Instant::now(), found.clone()));
+        Ok(Some(found))
     }
 }

@@ -211,7 +211,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        settings,
+        settings.clone(),
         rate_limiters.clone(),
         Recorder::new(client.clone(), reporter),
         metrics.clone(),
@@ -232,6 +232,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         leader_election: args.leader_elect,
         leading: leading.clone(),
         sync: sync.clone(),
+        lookups: crate::receiver::Lookups::default(),
+        carerix: settings.clone(),
         rate_limiters,
         reconcile: reconcile_tx.clone(),
     };

@@ -39,6 +39,10 @@ pub struct ServerState {
     pub leading: Arc<AtomicBool>,
     /// The data sync, which applies deliveries.
     pub sync: Arc<SyncManager>,
+    /// Connections the receiver looked up itself.
+    pub lookups: crate::receiver::Lookups,
+    /// Timeout and retries of the receiver's Carerix clients.
+    pub carerix: crate::controller::Settings,
     /// Per-tenant rate limiters.
     pub rate_limiters: RateLimiters,
     /// Asks the controller to reconcile a connection.
@@ -51,11 +55,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(
-            "/webhooks/{namespace}/{name}",
-            post(crate::receiver::receive)
-                .route_layer(axum::middleware::from_fn_with_state(state.clone(), only_when_leading)),
-        )
+        .route("/webhooks/{namespace}/{name}", post(crate::receiver::receive))
         .layer(axum::extract::DefaultBodyLimit::max(crate::receiver::MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -82,25 +82,6 @@ async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "controller loop stopped")
     }
-}
-
-/// A standby replica does not hold the connections' state, so it sends deliveries back to
-/// Carerix for a retry, which the Service may route to the leader.
-async fn only_when_leading(
-    State(state): State<ServerState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if state.leading.load(Ordering::SeqCst) {
-        return next.run(request).await;
-    }
-    state.metrics.delivery("standby");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "5")],
-        "standby replica: this delivery must be retried",
-    )
-        .into_response()
 }
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {

@@ -132,7 +132,11 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     .await;
     assert_eq!(holder, "first");
     let mut second = Operator::start(cp, &[&ns], &[&lease_args[..], &["--identity", "second"]].concat());
-    apply_connection(&client, &ns, "acme", spec(sim.base_url().as_str())).await;
+    // Deliveries go to the standby's receiver, as a Service may route them.
+    let standby_url = format!("http://127.0.0.1:{}/webhooks/{ns}/acme", second.port);
+    let mut with_receiver = spec(sim.base_url().as_str());
+    with_receiver["webhooks"] = json!([{"name": "a", "events": ["cremployee:updated"], "url": standby_url}]);
+    apply_connection(&client, &ns, "acme", with_receiver).await;
     wait_condition(&client, &ns, "acme", "Ready", "True", None, READY_TIMEOUT).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
 
@@ -141,6 +145,22 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     assert_eq!((status, body.as_str()), (200, "standby"));
     assert!(!std::fs::read_to_string(&second.log).unwrap_or_default().contains("acquired the lease"));
     assert_eq!(sim.sim().webhooks("acme", None).expect("hooks").len(), 1);
+
+    // It still verifies and acknowledges deliveries, looking the connection up itself.
+    let candidates = carerix_sim::Entity::parse("candidates").expect("entity");
+    let id = sim.sim().list_records("acme", candidates).expect("records")[0]["_id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("numeric id");
+    let mut change = serde_json::Map::new();
+    change.insert("lastName".into(), json!("Standby"));
+    sim.sim().update_record("acme", candidates, id, change).expect("update");
+    support::eventually("the standby to acknowledge the delivery", Duration::from_secs(20), || {
+        let sim = sim.sim_arc();
+        let url = standby_url.clone();
+        async move { sim.delivery_log().iter().any(|d| d.url == url && d.status_code == Some(200)).then_some(()) }
+    })
+    .await;
 
     // The leader dies without releasing: the standby takes over after the lease expires.
     first.kill();
@@ -153,7 +173,8 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     })
     .await;
     let mut changed = spec(sim.base_url().as_str());
-    changed["webhooks"] = json!([{"name": "a", "events": ["crmatch:created", "crjob:created"], "url": "https://x.example.com/a"}]);
+    changed["webhooks"] =
+        json!([{"name": "a", "events": ["crmatch:created", "crjob:created"], "url": standby_url}]);
     let generation = apply_connection(&client, &ns, "acme", changed).await.metadata.generation;
     support::eventually("the new leader to reconcile the change", READY_TIMEOUT, || {
         let client = client.clone();
@@ -195,6 +216,13 @@ async fn health_readiness_and_metrics_reflect_the_running_operator() {
         assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
     }
     assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
+    let unknown = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/webhooks/{ns}/nobody", op.port))
+        .body("{}")
+        .send()
+        .await
+        .expect("the receiver answers");
+    assert_eq!(unknown.status().as_u16(), 404, "a delivery for a connection that does not exist");
     assert_eq!(op.get("/readyz").await.map(|r| r.0), Some(200));
     let (status, text) = op.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);

@@ -196,16 +196,7 @@ impl Context {
         {
             return Ok(client.clone());
         }
-        let client = CarerixClient::builder()
-            .identity_url(&ck.identity_url)
-            .api_url(&ck.api_url)
-            .tenant(&ck.tenant)
-            .credentials(creds.credentials.clone())
-            .timeout(self.settings.carerix_timeout)
-            .max_retries(self.settings.carerix_retries)
-            .rate_limiter(self.rate_limiters.for_tenant(&ck.tenant))
-            .observer(self.metrics.carerix_observer())
-            .build()
+        let client = new_client(spec, creds, &self.settings, &self.rate_limiters, &self.metrics)
             .map_err(|source| Error::Client { key: key.to_string(), source })?;
         clients.insert(key.to_string(), (ck, client.clone()));
         Ok(client)
@@ -222,6 +213,29 @@ impl Context {
         self.backoffs.succeeded(&key);
         self.metrics.forget_connection(&obj.namespace().unwrap_or_default(), &obj.name_any());
     }
+}
+
+/// A Carerix client for a connection's tenant and credentials, sharing the tenant's rate limit.
+///
+/// # Errors
+/// When the URLs, tenant or credentials cannot make a client.
+pub fn new_client(
+    spec: &CarerixConnectionSpec,
+    creds: &SecretCredentials,
+    settings: &Settings,
+    rate_limiters: &RateLimiters,
+    metrics: &Arc<Metrics>,
+) -> Result<CarerixClient, carerix::Error> {
+    CarerixClient::builder()
+        .identity_url(spec.identity_url())
+        .api_url(spec.api_url())
+        .tenant(&spec.tenant)
+        .credentials(creds.credentials.clone())
+        .timeout(settings.carerix_timeout)
+        .max_retries(settings.carerix_retries)
+        .rate_limiter(rate_limiters.for_tenant(&spec.tenant))
+        .observer(metrics.carerix_observer())
+        .build()
 }
 
 /// Credentials read from the connection's Secret.
@@ -883,7 +897,7 @@ async fn cleanup(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Actio
 /// Our webhook applications for `obj` in Carerix: created by our client, and either the one
 /// recorded in status or one with our name (found again after a restart or a re-created
 /// resource). The recorded one comes first.
-async fn our_applications(
+pub async fn our_applications(
     cx: &CarerixClient,
     obj: &CarerixConnection,
 ) -> Result<Vec<carerix::Application>, carerix::Error> {

@@ -189,6 +189,31 @@ impl SyncManager {
         self.lock().registered.get(key).cloned()
     }
 
+    /// A receiver's view of a connection whose sync this process does not run (after a restart,
+    /// before the first reconcile, or on a standby replica): the same sink, no sync task.
+    ///
+    /// # Errors
+    /// When the sink Secret or schema is unusable.
+    pub async fn receiver_registration(
+        &self,
+        obj: &CarerixConnection,
+        cx: &CarerixClient,
+        public_key: Option<&str>,
+    ) -> Result<Registration, Error> {
+        let Some(sync) = &obj.spec.sync else {
+            return Err(Error::Secret("no sync configured".into()));
+        };
+        let url = self.sink_url(obj).await?;
+        let schema = Schema::new(&sync.sink.postgres.schema)?;
+        let target = Target::new(cx.clone(), self.pool_for(&url)?, schema, key_of(obj));
+        Ok(Registration {
+            target: target.clone(),
+            entities: sync.entities.clone(),
+            verifying_key: public_key.and_then(crate::receiver::parse_public_key),
+            batcher: batcher::Batcher::spawn(target),
+        })
+    }
+
     /// A pool for a sink URL, shared by the connections that use the same URL.
     ///
     /// # Errors
