@@ -313,6 +313,10 @@ impl Lookups {
                 return Err(());
             }
         };
+        if obj.spec.suspend {
+            // Suspended: nothing may reach Carerix. Carerix retries the delivery later.
+            return Err(());
+        }
         let creds = match controller::read_credentials(
             &state.client,
             ns,

@@ -135,4 +135,35 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
         sim.sim().delivery_log().iter().any(|d| d.status_code == Some(200) && d.url.contains("/webhooks/"));
     assert!(accepted, "the receiver acknowledged the delivery: {:?}", sim.sim().delivery_log());
     assert!(get_connection(&client, &ns, "acme").await.is_some());
+
+    // Suspended: the sync stops and deliveries wait; nothing reaches Carerix.
+    let api: kube::Api<carerix_operator::api::CarerixConnection> = kube::Api::namespaced(client.clone(), &ns);
+    api.patch(
+        "acme",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspend");
+    wait_condition(&client, &ns, "acme", "Ready", "False", Some("Suspended"), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sim.sim().clear_logs();
+    let mut change = Map::new();
+    change.insert("firstName".into(), json!("While suspended"));
+    sim.sim()
+        .update_record(
+            "acme",
+            carerix_sim::Entity::parse("candidates").expect("entity"),
+            id.parse().expect("numeric"),
+            change,
+        )
+        .expect("update");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answered: Vec<Option<u16>> = sim.sim().delivery_log().iter().map(|d| d.status_code).collect();
+    assert!(
+        !answered.is_empty() && answered.iter().all(|s| *s == Some(503)),
+        "deliveries wait: {answered:?}"
+    );
+    let requests = sim.sim().request_log();
+    assert!(requests.is_empty(), "a suspended connection reached Carerix: {requests:?}");
 }

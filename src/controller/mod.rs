@@ -463,6 +463,8 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
     let interval: Duration = spec.interval.into();
 
     if spec.suspend {
+        // Nothing may reach Carerix: the sync stops too (it resumes from its watermark).
+        ctx.sync.stop(&obj).await;
         let suspended =
             |what: &str| Part::unknown(reasons::SUSPENDED, format!("{what} not checked while suspended"));
         let outcome = Outcome {
