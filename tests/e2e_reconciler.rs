@@ -215,6 +215,9 @@ async fn webhooks_not_activated_explains_what_to_do_and_a_requested_reconcile_re
         message.contains("ask Carerix support") && message.contains("urn:cx/webhooks:data:manage"),
         "{message}"
     );
+    assert_eq!(condition(&obj, "CredentialsValid").map(|c| c.0).as_deref(), Some("True"));
+    assert_eq!(condition(&obj, "WebhooksReady").map(|c| c.1).as_deref(), Some("WebhooksNotActivated"));
+    assert_eq!(condition(&obj, "Stalled").map(|c| c.1).as_deref(), Some("WebhooksNotActivated"));
 
     sim.sim().set_webhooks_activated("acme", true).expect("activate");
     let api: Api<CarerixConnection> = Api::namespaced(client.clone(), &ns);

@@ -517,7 +517,8 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         ctx.forget_client(&key).await;
         let failure =
             Failure { part: webhooks_not_activated(&spec.tenant), stalled: true, retry_after: None };
-        return finish_with_failure(&ctx, &obj, failure, true, Some(credentials_status)).await;
+        // The credentials work; it is the webhooks that cannot.
+        return finish_with_failure(&ctx, &obj, failure, false, Some(credentials_status)).await;
     }
     if spec.sync.is_some()
         && !has_scope(&token.scopes, DATA_SCOPE)
@@ -642,6 +643,10 @@ async fn finish_with_failure(
 ) -> Result<Action, Error> {
     let key = key_of(obj);
     let mut outcome = blocked_outcome(failure.part.clone(), obj.spec.sync.is_some(), credentials);
+    if !credentials {
+        // The credentials work, so a running sync goes on: report it as it is.
+        outcome.data = data_part(ctx, obj);
+    }
     if !failure.stalled {
         outcome.stalled = None;
         outcome.reconciling = Some((failure.part.reason.clone(), failure.part.message.clone()));
