@@ -21,6 +21,14 @@ async fn pg(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Changes a candidate's first name in Carerix (which emits a `cremployee:updated` event).
+fn set_first_name(sim: &carerix_sim::SimHandle, id: &str, value: &str) {
+    let mut change = Map::new();
+    change.insert("firstName".into(), json!(value));
+    let candidates = carerix_sim::Entity::parse("candidates").expect("entity");
+    sim.sim().update_record("acme", candidates, id.parse().expect("numeric"), change).expect("update");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries_keep_it_fresh() {
     let cp = control_plane();
@@ -109,16 +117,7 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
         .list_records("acme", carerix_sim::Entity::parse("candidates").expect("entity"))
         .expect("records");
     let id = candidates[0]["_id"].as_str().expect("id").to_string();
-    let mut change = Map::new();
-    change.insert("firstName".into(), json!("Delivered"));
-    sim.sim()
-        .update_record(
-            "acme",
-            carerix_sim::Entity::parse("candidates").expect("entity"),
-            id.parse().expect("numeric"),
-            change,
-        )
-        .expect("update");
+    set_first_name(&sim, &id, "Delivered");
     let sql =
         format!("select record->>'firstName' from {schema}.candidates where connection = $1 and id = $2");
     let mut fresh = false;
@@ -148,16 +147,7 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
     wait_condition(&client, &ns, "acme", "Ready", "False", Some("Suspended"), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     sim.sim().clear_logs();
-    let mut change = Map::new();
-    change.insert("firstName".into(), json!("While suspended"));
-    sim.sim()
-        .update_record(
-            "acme",
-            carerix_sim::Entity::parse("candidates").expect("entity"),
-            id.parse().expect("numeric"),
-            change,
-        )
-        .expect("update");
+    set_first_name(&sim, &id, "While suspended");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let answered: Vec<Option<u16>> = sim.sim().delivery_log().iter().map(|d| d.status_code).collect();
     assert!(
