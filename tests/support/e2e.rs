@@ -153,10 +153,12 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- operator log ({}):\n{}", self.log.display(), self.log_tail());
-        }
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- operator log (kept in {}):\n{}", self.log.display(), self.log_tail());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
