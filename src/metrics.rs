@@ -4,7 +4,7 @@
 //! `namespace` and `name`. The list with meanings is in the README.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -73,7 +73,6 @@ pub struct Metrics {
     sync_records: Family<EntityLabels, Counter>,
     sync_lag: Family<EntityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     deliveries: Family<ResultLabels, Counter>,
-    last_loop: Mutex<Option<Instant>>,
 }
 
 impl Default for Metrics {
@@ -163,7 +162,6 @@ impl Metrics {
             sync_records,
             sync_lag,
             deliveries,
-            last_loop: Mutex::new(None),
         }
     }
 
@@ -179,7 +177,6 @@ impl Metrics {
     /// Counts a reconcile pass and observes its duration when the guard drops.
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
-        self.touch();
         ReconcileTimer { metrics: self, start: Instant::now() }
     }
 
@@ -244,16 +241,6 @@ impl Metrics {
     /// Counts a delivery by its result (`accepted`, `duplicate`, `bad_signature`, ...).
     pub fn delivery(&self, result: &str) {
         self.deliveries.get_or_create(&ResultLabels { result: result.to_string() }).inc();
-    }
-
-    /// Marks the controller loop as alive.
-    pub fn touch(&self) {
-        *self.last_loop.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-
-    /// When the controller loop last did something.
-    pub fn last_loop(&self) -> Option<Instant> {
-        *self.last_loop.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An observer for the Carerix client that feeds the request metrics.

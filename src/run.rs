@@ -402,13 +402,9 @@ async fn run_controllers(
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .run(controller::reconcile, controller::error_policy, ctx.clone())
-                .for_each(|result| {
-                    let ctx = ctx.clone();
-                    async move {
-                        ctx.metrics.touch();
-                        if let Err(err) = result {
-                            tracing::debug!(error = %err, "reconcile error");
-                        }
+                .for_each(|result| async move {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "reconcile error");
                     }
                 })
                 .await;
