@@ -319,16 +319,13 @@ impl SyncManager {
                 sel.name, sel.key
             )));
         };
-        let bytes = secret.data.as_ref().and_then(|d| d.get(&sel.key)).map(|b| b.0.clone()).or_else(|| {
-            secret.string_data.as_ref().and_then(|d| d.get(&sel.key)).map(|s| s.clone().into_bytes())
-        });
-        let Some(bytes) = bytes else {
+        let Some(url) = crate::controller::secret_value(&secret, &sel.key) else {
             return Err(Error::Secret(format!(
                 "the Secret {:?} has no key {:?} with the PostgreSQL URL",
                 sel.name, sel.key
             )));
         };
-        String::from_utf8(bytes).map(|s| s.trim().to_string()).map_err(|_| Error::InvalidSinkUrl)
+        Ok(url.trim().to_string())
     }
 
     fn set_setup_error(&self, key: &str, e: &Error) {
