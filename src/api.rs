@@ -388,6 +388,14 @@ pub struct EntitySyncStatus {
     /// When the last run for this entity finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_finished: Option<String>,
+    /// During the initial pass: the number of records Carerix reports for the entity
+    /// (`totalElements` of the first page), so progress can be shown as `records` of `total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+    /// When the initial pass of this entity started (RFC 3339); with `records` it gives the
+    /// rate and an ETA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_sync_started: Option<String>,
 }
 
 impl CarerixConnectionSpec {

@@ -424,6 +424,8 @@ impl SyncReport for SyncManager {
                 last_run_finished: s
                     .last_run_finished
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                total: None,
+                initial_sync_started: None,
             })
             .collect();
         Some(SyncStatus {
