@@ -6,8 +6,9 @@
 //! try once more → on a retryable failure back off (exponential with jitter, honouring
 //! `Retry-After`) and retry up to [`RetryPolicy::max_retries`] times.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -233,12 +234,7 @@ impl CarerixClientBuilder {
         let api_url = base_url("api_url", &self.api_url)?;
         let token_url =
             join(&identity_url, &["auth", "realms", &tenant, "protocol", "openid-connect", "token"])?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
-            .user_agent(self.user_agent)
-            .build()
-            .map_err(|e| config(format!("cannot build the HTTP client: {e}")))?;
+        let http = shared_http_client(self.connect_timeout, self.request_timeout, &self.user_agent)?;
         let limiter = self.rate_limiter.unwrap_or_default();
         let tokens = TokenSource::new(token_url, tenant.clone(), credentials, self.scopes);
         Ok(CarerixClient {
@@ -253,6 +249,34 @@ impl CarerixClientBuilder {
             }),
         })
     }
+}
+
+/// The HTTP client for these settings, shared by every [`CarerixClient`] built with them.
+///
+/// One `reqwest::Client` holds a connection pool and a TLS configuration (root store included),
+/// which cost tens of KiB each; with one per connection, a thousand connections paid for a
+/// thousand of them. Clients differ per connection only in token, limiter and base URLs, so they
+/// all share one HTTP client (in practice there is one settings tuple per process).
+fn shared_http_client(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client> {
+    type Key = (Duration, Duration, String);
+    static SHARED: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
+    let key = (connect_timeout, request_timeout, user_agent.to_string());
+    let mut shared = SHARED.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(http) = shared.get(&key) {
+        return Ok(http.clone());
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(request_timeout)
+        .user_agent(user_agent)
+        .build()
+        .map_err(|e| config(format!("cannot build the HTTP client: {e}")))?;
+    shared.insert(key, http.clone());
+    Ok(http)
 }
 
 fn config(reason: impl Into<String>) -> Error {

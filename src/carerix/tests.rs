@@ -355,3 +355,42 @@ async fn token_errors_are_typed_and_secret_free() {
         assert!(!text.contains(&token[..20]), "{text}");
     }
 }
+
+/// Many connections, one connection pool: two tenants' clients reach Carerix over one kept-alive
+/// TCP connection instead of one pool (and TLS configuration) each.
+#[tokio::test]
+async fn clients_of_different_tenants_share_one_connection_pool() {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+
+    let peers: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let seen = peers.clone();
+    let app = Router::new().route(
+        "/auth/realms/{tenant}/protocol/openid-connect/token",
+        post(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = seen.clone();
+            async move {
+                lock(&seen).insert(peer);
+                Json(json!({ "access_token": jwt(1), "expires_in": 300, "token_type": "Bearer", "scope": "profile" }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    });
+    for tenant in ["acme", "globex", "initech"] {
+        let client = CarerixClient::builder()
+            .identity_url(&base)
+            .api_url(&base)
+            .tenant(tenant)
+            .credentials(Credentials::new(CLIENT_ID, SECRET))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.token_info().await.unwrap_or_else(|e| panic!("{tenant}: {e}"));
+    }
+    assert_eq!(lock(&peers).len(), 1, "every tenant's client should reuse the one pooled connection");
+}
