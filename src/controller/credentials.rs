@@ -97,7 +97,7 @@ pub async fn authenticate(
     if let Err((stage, failure)) = check_scopes(&obj.spec, &status.scopes) {
         // Drop the token: the next pass must ask again, since granting a scope changes it.
         ctx.forget_client(&key).await;
-        return Err(Halt::Failed { stage, failure, credentials: Some(status) });
+        return Err(Halt::Failed { stage, failure, credentials: Some(Box::new(status)) });
     }
     Ok(Authenticated { carerix, status })
 }

@@ -48,7 +48,7 @@ impl Failure {
 #[derive(Debug)]
 pub enum Halt {
     /// A step failed in a way the status explains; `credentials` is what the pass learned of them.
-    Failed { stage: Stage, failure: Failure, credentials: Option<CredentialsStatus> },
+    Failed { stage: Stage, failure: Failure, credentials: Option<Box<CredentialsStatus>> },
     /// The Kubernetes API (or the controller itself) failed: retried by `error_policy`.
     Error(Error),
 }

@@ -115,7 +115,7 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         Err(Halt::Error(e)) => return Err(e),
         Err(Halt::Failed { stage, failure, credentials }) => {
             let next = after_failure(&ctx, &obj, stage, &failure).await;
-            (status::failed(&ctx, &obj, stage, &failure, credentials), next)
+            (status::failed(&ctx, &obj, stage, &failure, credentials.map(|c| *c)), next)
         }
     };
     status::write(&ctx, &obj, &report).await?;
@@ -127,8 +127,11 @@ async fn pipeline(ctx: &Context, obj: &CarerixConnection) -> Result<(Report, Act
     credentials::check_spec(ctx, &obj.spec)?;
     let creds = credentials::read(ctx, obj).await?;
     let auth = credentials::authenticate(ctx, obj, &creds).await?;
-    let at_webhooks =
-        |failure| Halt::Failed { stage: Stage::Webhooks, failure, credentials: Some(auth.status.clone()) };
+    let at_webhooks = |failure| Halt::Failed {
+        stage: Stage::Webhooks,
+        failure,
+        credentials: Some(Box::new(auth.status.clone())),
+    };
     let desired = match webhooks::desired(ctx, obj).await {
         Err(Halt::Failed { failure, .. }) => return Err(at_webhooks(failure)),
         other => other?,
