@@ -613,3 +613,34 @@ async fn repeated_carerix_failures_during_cleanup_end_in_cleanup_blocked() {
     assert!(blocked, "cleanup looped without saying it is blocked");
     assert_eq!(w.condition("Ready").1, "CleanupBlocked");
 }
+
+// ---- throttling does not hold a worker ----
+
+#[test]
+fn the_reconcilers_client_never_sleeps_on_retry_after() {
+    let policy = super::context::reconciler_retry_policy(2);
+    assert_eq!(
+        policy.delay(0, Some(Duration::from_secs(1))),
+        None,
+        "a Retry-After must come back as an error"
+    );
+    assert!(policy.delay(0, None).is_some(), "a plain 5xx is still retried briefly");
+}
+
+#[tokio::test]
+async fn a_throttled_tenant_is_requeued_after_retry_after_instead_of_waiting_in_the_pass() {
+    let obj = connection(json!({}));
+    let w = world_with(FakeCarerix::new(), &obj, true);
+    w.cx.fail_next(
+        "list_applications",
+        CxError::Api {
+            operation: "webhooks.list_applications".into(),
+            status: 429,
+            message: None,
+            retry_after: Some(Duration::from_secs(120)),
+        },
+    );
+    let action = super::apply(Arc::new(obj), w.ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(120)));
+    assert_eq!(w.condition("Ready").1, "RateLimited");
+}
