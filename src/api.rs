@@ -353,6 +353,10 @@ pub struct WebhookState {
     pub events: Vec<String>,
     /// `enabled`, `disabled`, `error` or `missing`.
     pub state: String,
+    /// A hash of the custom header values this webhook was created with, so that a Carerix that
+    /// masks header values in its answers does not make the operator replace it on every pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_hash: Option<String>,
 }
 
 /// The data sync.

@@ -6,8 +6,17 @@
 //! Lease's `resourceVersion`, so two replicas racing for it cannot both win. On shutdown the
 //! holder clears `holderIdentity`, and a standby takes over at its next try instead of waiting
 //! for the lease to expire.
+//!
+//! Every Lease call has a timeout (a third of the lease duration), and the holder gives up once
+//! it has not renewed for the renew deadline (two thirds of the duration), which is shorter than
+//! the time a standby waits: so a holder that was paused or cut off from the API stops before
+//! another replica can start. [`Validity`] carries that deadline to the reconciler, which does
+//! nothing once it has passed, even before the renewal loop gets to run again.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -16,7 +25,46 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+/// Until when this replica may act as the leader; shared with the reconciler.
+#[derive(Clone, Debug, Default)]
+pub struct Validity {
+    /// `None`: no election, always valid.
+    until: Arc<Mutex<Option<Instant>>>,
+    elected: bool,
+}
+
+impl Validity {
+    /// Validity under an election: invalid until the lease is acquired.
+    pub fn elected() -> Self {
+        Validity { until: Arc::new(Mutex::new(Some(Instant::now()))), elected: true }
+    }
+
+    fn set(&self, until: Instant) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// Whether this replica may act now.
+    pub fn is_valid(&self) -> bool {
+        if !self.elected {
+            return true;
+        }
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|u| Instant::now() < u)
+    }
+}
+
+/// A Lease call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The API refused or failed.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The API did not answer in time.
+    #[error("the Lease call did not answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -35,6 +83,7 @@ pub struct LeaseSettings {
 pub struct LeaderElection {
     api: Api<Lease>,
     settings: LeaseSettings,
+    validity: Validity,
 }
 
 /// What one attempt found.
@@ -61,11 +110,43 @@ fn expired(lease: &Lease, now: Timestamp) -> bool {
 impl LeaderElection {
     /// An election for the given Lease.
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        LeaderElection { api: Api::namespaced(client, &settings.namespace), settings }
+        LeaderElection {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+            validity: Validity::elected(),
+        }
+    }
+
+    /// The same election, reporting its validity to `validity` (shared with the reconciler).
+    pub fn with_validity(mut self, validity: Validity) -> Self {
+        self.validity = validity;
+        self
     }
 
     fn retry_period(&self) -> Duration {
         (self.settings.duration / 3).max(Duration::from_millis(500))
+    }
+
+    /// How long a holder may go without renewing before it stops: shorter than the lease duration
+    /// a standby waits, by at least one call timeout.
+    pub fn renew_deadline(&self) -> Duration {
+        self.settings.duration.mul_f64(2.0 / 3.0)
+    }
+
+    /// The timeout of one Lease call.
+    pub fn call_timeout(&self) -> Duration {
+        self.retry_period()
+    }
+
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, LeaseError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(LeaseError::Timeout(limit)),
+        }
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
@@ -86,9 +167,19 @@ impl LeaderElection {
         }
     }
 
-    async fn try_acquire(&self) -> Result<Attempt, kube::Error> {
+    async fn try_acquire(&self, limit: Duration) -> Result<Attempt, LeaseError> {
+        let started = Instant::now();
+        let attempt = self.try_acquire_once(limit).await?;
+        if attempt == Attempt::Acquired {
+            // Measured from before the call: the lease was valid from at most then.
+            self.validity.set(started + self.renew_deadline());
+        }
+        Ok(attempt)
+    }
+
+    async fn try_acquire_once(&self, limit: Duration) -> Result<Attempt, LeaseError> {
         let now = Timestamp::now();
-        match self.api.get_opt(&self.settings.name).await? {
+        match self.bounded(limit, self.api.get_opt(&self.settings.name)).await? {
             None => {
                 let lease = Lease {
                     metadata: ObjectMeta {
@@ -98,7 +189,7 @@ impl LeaderElection {
                     },
                     spec: Some(LeaseSpec { lease_transitions: Some(0), ..self.spec(None, now) }),
                 };
-                self.api.create(&PostParams::default(), &lease).await?;
+                self.bounded(limit, self.api.create(&PostParams::default(), &lease)).await?;
                 Ok(Attempt::Acquired)
             }
             Some(mut lease) => {
@@ -108,7 +199,8 @@ impl LeaderElection {
                 }
                 lease.spec = Some(self.spec(lease.spec.as_ref(), now));
                 // The resourceVersion in `lease` makes this a compare-and-swap.
-                self.api.replace(&self.settings.name, &PostParams::default(), &lease).await?;
+                self.bounded(limit, self.api.replace(&self.settings.name, &PostParams::default(), &lease))
+                    .await?;
                 Ok(Attempt::Acquired)
             }
         }
@@ -117,7 +209,7 @@ impl LeaderElection {
     /// Waits until this replica holds the lease. Returns false when shutdown came first.
     pub async fn acquire(&self, mut shutdown: watch::Receiver<bool>) -> bool {
         loop {
-            match self.try_acquire().await {
+            match self.try_acquire(self.call_timeout()).await {
                 Ok(Attempt::Acquired) => return true,
                 Ok(Attempt::HeldByOther(holder)) => debug!(%holder, "the lease is held by another replica"),
                 Err(err) => debug!(error = %err, "could not take the lease (someone else may have)"),
@@ -131,7 +223,7 @@ impl LeaderElection {
 
     /// Renews the lease until it is lost or shutdown is requested; returns when it is lost.
     pub async fn keep_renewing(&self, shutdown: watch::Sender<bool>) {
-        let mut last_renewal = tokio::time::Instant::now();
+        let mut last_renewal = Instant::now();
         let mut stop = shutdown.subscribe();
         loop {
             tokio::select! {
@@ -141,27 +233,30 @@ impl LeaderElection {
                     std::future::pending::<()>().await;
                 }
             }
-            match self.try_acquire().await {
-                Ok(Attempt::Acquired) => last_renewal = tokio::time::Instant::now(),
+            // Paused or cut off past the deadline: a standby may already lead.
+            let Some(left) = self.renew_deadline().checked_sub(last_renewal.elapsed()) else {
+                warn!("the lease was not renewed within its renew deadline; stopping");
+                let _ = shutdown.send(true);
+                return;
+            };
+            let started = Instant::now();
+            match self.try_acquire(self.call_timeout().min(left)).await {
+                Ok(Attempt::Acquired) => last_renewal = started,
                 Ok(Attempt::HeldByOther(holder)) => {
                     warn!(%holder, "another replica took the lease");
                     let _ = shutdown.send(true);
                     return;
                 }
-                Err(err) => {
-                    warn!(error = %err, "could not renew the lease");
-                    if last_renewal.elapsed() >= self.settings.duration {
-                        let _ = shutdown.send(true);
-                        return;
-                    }
-                }
+                Err(err) => warn!(error = %err, "could not renew the lease"),
             }
         }
     }
 
     /// Gives the lease up so a standby takes over at once.
     pub async fn release(&self) {
-        match self.api.get_opt(&self.settings.name).await {
+        self.validity.set(Instant::now());
+        let limit = self.call_timeout();
+        match self.bounded(limit, self.api.get_opt(&self.settings.name)).await {
             Ok(Some(mut lease)) => {
                 let ours = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
                     == Some(self.settings.identity.as_str());
@@ -172,7 +267,10 @@ impl LeaderElection {
                     spec.holder_identity = None;
                     spec.renew_time = None;
                 }
-                match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+                match self
+                    .bounded(limit, self.api.replace(&self.settings.name, &PostParams::default(), &lease))
+                    .await
+                {
                     Ok(_) => info!("released the lease"),
                     Err(err) => warn!(error = %err, "could not release the lease"),
                 }
@@ -209,6 +307,56 @@ mod tests {
     fn a_lease_not_renewed_for_its_duration_can_be_taken_over() {
         let now: Timestamp = "2026-01-01T00:00:16Z".parse().unwrap();
         assert!(expired(&lease(Some("a"), Some("2026-01-01T00:00:00Z"), 15), now));
+    }
+
+    #[tokio::test]
+    async fn the_renew_deadline_ends_before_a_standby_may_take_over() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        for secs in [2, 15, 60] {
+            let le = LeaderElection::new(
+                client.clone(),
+                LeaseSettings {
+                    name: "l".into(),
+                    namespace: "n".into(),
+                    identity: "a".into(),
+                    duration: Duration::from_secs(secs),
+                },
+            );
+            assert!(le.renew_deadline() + le.call_timeout() <= le.settings.duration, "{secs}s");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_call_to_an_api_that_does_not_answer_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let le = LeaderElection::new(
+            client,
+            LeaseSettings {
+                name: "l".into(),
+                namespace: "n".into(),
+                identity: "a".into(),
+                duration: Duration::from_secs(3),
+            },
+        );
+        let got = le.try_acquire(le.call_timeout()).await;
+        assert!(matches!(got, Err(LeaseError::Timeout(_))), "{got:?}");
+        assert!(!le.validity.is_valid(), "no lease, no leadership");
+    }
+
+    #[test]
+    fn without_an_election_this_replica_always_may_act() {
+        assert!(Validity::default().is_valid());
+        assert!(!Validity::elected().is_valid());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 pub mod api;
 pub mod carerix;
+pub mod conditions;
+pub mod connection;
 pub mod controller;
 pub mod crdgen;
 pub mod leader;

@@ -59,6 +59,10 @@ struct ResultLabels {
     result: String,
 }
 
+/// Every condition type the operator writes.
+const CONDITION_TYPES: [&str; 6] =
+    ["Ready", "Reconciling", "Stalled", "CredentialsValid", "WebhooksReady", "DataSynced"];
+
 /// All metrics of the operator.
 pub struct Metrics {
     registry: Registry,
@@ -185,10 +189,21 @@ impl Metrics {
         self.reconcile_errors.get_or_create(&ErrorLabels { reason: reason.to_string() }).inc();
     }
 
-    /// Sets the condition gauges of a connection.
+    /// Sets the condition gauges of a connection; those of conditions no longer present go away.
     pub fn set_conditions(&self, obj: &CarerixConnection, conditions: &[Condition]) {
         let namespace = obj.namespace().unwrap_or_default();
         let name = obj.name_any();
+        // A condition that went away (Reconciling, Stalled) must not keep its last value.
+        for type_ in CONDITION_TYPES.iter().filter(|t| !conditions.iter().any(|c| c.type_ == **t)) {
+            for status in ["True", "False", "Unknown"] {
+                self.conditions.remove(&ConditionLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    r#type: (*type_).to_string(),
+                    status: status.to_string(),
+                });
+            }
+        }
         for c in conditions {
             for status in ["True", "False", "Unknown"] {
                 let labels = ConditionLabels {
@@ -204,7 +219,7 @@ impl Metrics {
 
     /// Removes the series of a deleted connection.
     pub fn forget_connection(&self, namespace: &str, name: &str) {
-        for type_ in ["Ready", "Reconciling", "Stalled", "CredentialsValid", "WebhooksReady", "DataSynced"] {
+        for type_ in CONDITION_TYPES {
             for status in ["True", "False", "Unknown"] {
                 self.conditions.remove(&ConditionLabels {
                     namespace: namespace.to_string(),
@@ -304,5 +319,37 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_condition_that_goes_away_leaves_no_gauge_behind() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let m = Metrics::new();
+        let mut obj = CarerixConnection::new(
+            "acme",
+            serde_json::from_value(serde_json::json!({
+            "tenant": "acme", "credentialsSecretRef": {"name": "s"}}))
+            .unwrap(),
+        );
+        obj.metadata.namespace = Some("team".into());
+        let cond = |type_: &str, status: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+        };
+        m.set_conditions(&obj, &[cond("Ready", "False"), cond("Stalled", "True")]);
+        assert!(m.render().contains("type=\"Stalled\""));
+        m.set_conditions(&obj, &[cond("Ready", "True")]);
+        let text = m.render();
+        assert!(
+            !text.contains("type=\"Stalled\""),
+            "a Stalled gauge stayed after Stalled went away:\n{text}"
+        );
+        assert!(text.contains("type=\"Ready\""));
     }
 }

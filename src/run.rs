@@ -121,6 +121,12 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (default: POD_NAME, else the host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// Hosts a connection's identityUrl and apiUrl may name (comma-separated, `*.` for any
+    /// subdomain, optional `:port` or `:*`); https only, unless an entry says `http://`
+    /// (e.g. `http://127.0.0.1:*` for a local emulator).
+    #[arg(long, env = "ALLOWED_CARERIX_HOSTS", default_value = controller::allowed_hosts::DEFAULT_ALLOWED_HOSTS)]
+    pub allowed_carerix_hosts: controller::allowed_hosts::AllowedHosts,
 }
 
 /// Errors that stop the operator.
@@ -208,15 +214,24 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         },
         carerix_timeout: Duration::from_secs(args.carerix_timeout_seconds.max(1)),
         carerix_retries: args.carerix_retries,
+        allowed_hosts: args.allowed_carerix_hosts.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings.clone(),
-        rate_limiters.clone(),
-        Recorder::new(client.clone(), reporter),
-        metrics.clone(),
-        sync.clone(),
-    ));
+    let validity = if args.leader_elect {
+        crate::leader::Validity::elected()
+    } else {
+        crate::leader::Validity::default()
+    };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            settings.clone(),
+            rate_limiters.clone(),
+            Recorder::new(client.clone(), reporter),
+            metrics.clone(),
+            sync.clone(),
+        )
+        .with_leadership(validity.clone()),
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -260,15 +275,18 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        Some(LeaderElection::new(
-            client.clone(),
-            LeaseSettings {
-                name: args.lease_name.clone(),
-                namespace,
-                identity: identity.clone(),
-                duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
-            },
-        ))
+        Some(
+            LeaderElection::new(
+                client.clone(),
+                LeaseSettings {
+                    name: args.lease_name.clone(),
+                    namespace,
+                    identity: identity.clone(),
+                    duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
+                },
+            )
+            .with_validity(validity),
+        )
     } else {
         None
     };
@@ -289,6 +307,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                             () = renew => { warn!("lost the lease; stopping"); }
                         }
                         leading.store(false, Ordering::SeqCst);
+                        // Stop all work, the sync included, before a standby may take over.
+                        sync.shutdown().await;
                         leader.release().await;
                     }
                 }

@@ -9,6 +9,7 @@ local terminal = {
   InvalidSecret = true,
   WebhooksNotActivated = true,
   MissingScope = true,
+  MissingPermission = true,
   CleanupBlocked = true,
   InvalidSpec = true,
   TenantNotFound = true,

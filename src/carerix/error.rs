@@ -8,7 +8,7 @@
 //! No error ever carries a secret, an access token or a request/response body beyond Carerix's
 //! short error message.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -26,6 +26,117 @@ pub enum TransportKind {
     Connect,
     /// Anything else (broken connection, protocol error, ...).
     Other,
+}
+
+/// What kind of failure an error is, which decides what the reconciler does about it: retry
+/// with backoff, or stall until a person acts. One table, [`Error::kind`], with a test per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request could not be sent or its answer not received (reset, refused, timeout).
+    Transport,
+    /// Carerix answered 5xx.
+    Unavailable,
+    /// Carerix answered 429.
+    RateLimited,
+    /// A 404 on something that existed a moment ago (a race with another writer).
+    NotFound,
+    /// A 409 (a race with another writer).
+    Conflict,
+    /// An answer that could not be decoded (an HTML error page from a proxy, a cut body).
+    Undecodable,
+    /// Any other refusal of a request (400, 401 after a fresh token, GraphQL errors).
+    Rejected,
+    /// The identity service refused the client credentials.
+    InvalidClient,
+    /// The identity service knows no such tenant (realm).
+    TenantNotFound,
+    /// The client lacks a scope (Carerix names it).
+    MissingScope,
+    /// A 403 on a Webhooks operation that names no scope: a permission of the client's matrix.
+    MissingPermission,
+    /// Carerix says webhooks are not activated for the tenant.
+    WebhooksNotActivated,
+    /// The client was configured wrongly (URL, tenant, argument): a bug or a bad spec.
+    Config,
+}
+
+impl ErrorKind {
+    /// Retrying cannot help until a person acts.
+    pub fn stalls(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::InvalidClient
+                | ErrorKind::TenantNotFound
+                | ErrorKind::MissingScope
+                | ErrorKind::MissingPermission
+                | ErrorKind::WebhooksNotActivated
+                | ErrorKind::Config
+        )
+    }
+
+    /// A stable CamelCase label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transport => "Transport",
+            ErrorKind::Unavailable => "Unavailable",
+            ErrorKind::RateLimited => "RateLimited",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::Undecodable => "Undecodable",
+            ErrorKind::Rejected => "Rejected",
+            ErrorKind::InvalidClient => "InvalidClient",
+            ErrorKind::TenantNotFound => "TenantNotFound",
+            ErrorKind::MissingScope => "MissingScope",
+            ErrorKind::MissingPermission => "MissingPermission",
+            ErrorKind::WebhooksNotActivated => "WebhooksNotActivated",
+            ErrorKind::Config => "Config",
+        }
+    }
+}
+
+/// A permission of the Webhooks row in a Carerix client's permission matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhooksPermission {
+    /// `create: on` (create applications and webhooks).
+    Create,
+    /// `read: all` (list and read applications and webhooks).
+    Read,
+    /// `update: owner` (enable, disable, change).
+    Update,
+    /// `delete: owner`.
+    Delete,
+}
+
+impl WebhooksPermission {
+    /// The permission an operation of [`super::WebhooksHandler`] needs (`webhooks.create_webhook`).
+    pub fn of_operation(operation: &str) -> Option<Self> {
+        let op = operation.strip_prefix("webhooks.")?;
+        Some(if op.starts_with("create_") {
+            WebhooksPermission::Create
+        } else if op.starts_with("delete_") {
+            WebhooksPermission::Delete
+        } else if op.starts_with("enable_") || op.starts_with("disable_") || op.starts_with("update_") {
+            WebhooksPermission::Update
+        } else {
+            WebhooksPermission::Read
+        })
+    }
+
+    /// How the grant reads in Carerix's permission matrix (`Webhooks: delete owner`).
+    pub fn grant(self) -> &'static str {
+        match self {
+            WebhooksPermission::Create => "Webhooks: create on",
+            WebhooksPermission::Read => "Webhooks: read all",
+            WebhooksPermission::Update => "Webhooks: update owner",
+            WebhooksPermission::Delete => "Webhooks: delete owner",
+        }
+    }
+}
+
+impl fmt::Display for WebhooksPermission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.grant())
+    }
 }
 
 /// An error of the Carerix client.
@@ -225,6 +336,53 @@ impl Error {
         };
         let scopes = scopes_in(&text);
         if scopes.is_empty() { None } else { Some(scopes.join(" ")) }
+    }
+
+    /// What kind of failure this is: the reconciler's one classification table.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } | Error::InvalidArgument { .. } | Error::Timestamp(_) => ErrorKind::Config,
+            Error::InvalidClient { .. } => ErrorKind::InvalidClient,
+            Error::InvalidScope { .. } => ErrorKind::MissingScope,
+            Error::RealmNotFound { .. } => ErrorKind::TenantNotFound,
+            Error::Transport { .. } => ErrorKind::Transport,
+            Error::Decode { .. } => ErrorKind::Undecodable,
+            Error::Token { status, .. } | Error::Api { status, .. } if *status == 429 => {
+                ErrorKind::RateLimited
+            }
+            Error::Token { status, .. } | Error::Api { status, .. } if *status >= 500 => {
+                ErrorKind::Unavailable
+            }
+            Error::Token { .. } => ErrorKind::Rejected,
+            _ if self.missing_scope().is_some() => ErrorKind::MissingScope,
+            _ if self.says_webhooks_not_activated() => ErrorKind::WebhooksNotActivated,
+            Error::Api { status: 403, .. } if self.missing_permission().is_some() => {
+                ErrorKind::MissingPermission
+            }
+            Error::Api { status: 404, .. } => ErrorKind::NotFound,
+            Error::Api { status: 409, .. } => ErrorKind::Conflict,
+            Error::Api { .. } | Error::GraphQl { .. } => ErrorKind::Rejected,
+        }
+    }
+
+    /// The Webhooks permission a 403 on a Webhooks operation asks for, when Carerix named no scope.
+    pub fn missing_permission(&self) -> Option<WebhooksPermission> {
+        match self {
+            Error::Api { status: 403, operation, .. } if self.missing_scope().is_none() => {
+                WebhooksPermission::of_operation(operation)
+            }
+            _ => None,
+        }
+    }
+
+    fn says_webhooks_not_activated(&self) -> bool {
+        matches!(self, Error::Api { status: 403 | 404, operation, .. } if operation.starts_with("webhooks."))
+            && self.carerix_message().is_some_and(|m| {
+                let m = m.to_ascii_lowercase();
+                m.contains("not activated")
+                    || m.contains("not enabled for")
+                    || m.contains("feature is disabled")
+            })
     }
 
     /// A short, stable CamelCase reason for metrics labels and status conditions.
@@ -477,5 +635,148 @@ mod tests {
         );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         assert!(e.is_retryable());
+    }
+    // ---- the classification table, one test per row ----
+
+    async fn transport_error(kind: &str) -> Error {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let behaviour = kind.to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if behaviour == "reset" {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 1024];
+                    let _ = socket.read(&mut buf).await;
+                    drop(socket);
+                } else {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(socket);
+                }
+            }
+        });
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+        let err = http.get(format!("http://{addr}/x")).send().await.unwrap_err();
+        Error::transport("webhooks.list_applications", err)
+    }
+
+    #[tokio::test]
+    async fn a_connection_reset_retries() {
+        let e = transport_error("reset").await;
+        assert_eq!(e.kind(), ErrorKind::Transport);
+        assert!(!e.kind().stalls());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_retries() {
+        let e = transport_error("hang").await;
+        assert_eq!(e.kind(), ErrorKind::Transport);
+        assert!(!e.kind().stalls());
+    }
+
+    #[test]
+    fn a_5xx_retries() {
+        assert_eq!(api(502, "").kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            Error::Token { status: 503, message: None, retry_after: None }.kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(!ErrorKind::Unavailable.stalls());
+    }
+
+    #[test]
+    fn a_429_retries() {
+        assert_eq!(api(429, "").kind(), ErrorKind::RateLimited);
+        assert!(!ErrorKind::RateLimited.stalls());
+    }
+
+    #[test]
+    fn a_404_or_409_race_retries() {
+        assert_eq!(api(404, r#"{"errors":[{"message":"Webhook not found"}]}"#).kind(), ErrorKind::NotFound);
+        assert_eq!(api(409, "").kind(), ErrorKind::Conflict);
+        assert!(!ErrorKind::NotFound.stalls() && !ErrorKind::Conflict.stalls());
+    }
+
+    #[test]
+    fn an_html_error_page_retries() {
+        let e = Error::decode("webhooks.list_applications", "expected value at line 1 column 1");
+        assert_eq!(e.kind(), ErrorKind::Undecodable);
+        assert!(!e.kind().stalls());
+        // An HTML page with an error status keeps its status kind, and no message is made of it.
+        let page = api(502, "<html><body>Bad Gateway</body></html>");
+        assert_eq!(page.kind(), ErrorKind::Unavailable);
+        assert_eq!(page.carerix_message(), None);
+    }
+
+    #[test]
+    fn another_refusal_retries_with_backoff() {
+        assert_eq!(api(400, r#"{"errors":[{"message":"bad url"}]}"#).kind(), ErrorKind::Rejected);
+        assert!(!ErrorKind::Rejected.stalls());
+    }
+
+    #[test]
+    fn refused_credentials_stall() {
+        let e = Error::InvalidClient { status: 401, message: None };
+        assert_eq!(e.kind(), ErrorKind::InvalidClient);
+        assert!(e.kind().stalls());
+    }
+
+    #[test]
+    fn an_unknown_tenant_stalls() {
+        let e = Error::RealmNotFound { tenant: "nope".into() };
+        assert_eq!(e.kind(), ErrorKind::TenantNotFound);
+        assert!(e.kind().stalls());
+    }
+
+    #[test]
+    fn a_missing_scope_stalls() {
+        let e = api(403, r#"{"errors":[{"message":"Required scopes: urn:cx/webhooks:data:manage"}]}"#);
+        assert_eq!(e.kind(), ErrorKind::MissingScope);
+        assert!(e.kind().stalls());
+        assert_eq!(Error::InvalidScope { status: 400, message: None }.kind(), ErrorKind::MissingScope);
+    }
+
+    #[test]
+    fn a_403_on_a_webhooks_operation_names_the_permission_to_grant() {
+        let forbidden = |op: &str| {
+            Error::from_response(op, 403, &Default::default(), br#"{"errors":[{"message":"Forbidden"}]}"#)
+        };
+        let cases = [
+            ("webhooks.create_application", WebhooksPermission::Create, "Webhooks: create on"),
+            ("webhooks.create_webhook", WebhooksPermission::Create, "Webhooks: create on"),
+            ("webhooks.list_applications", WebhooksPermission::Read, "Webhooks: read all"),
+            ("webhooks.list_webhooks", WebhooksPermission::Read, "Webhooks: read all"),
+            ("webhooks.enable_webhook", WebhooksPermission::Update, "Webhooks: update owner"),
+            ("webhooks.delete_webhook", WebhooksPermission::Delete, "Webhooks: delete owner"),
+            ("webhooks.delete_application", WebhooksPermission::Delete, "Webhooks: delete owner"),
+        ];
+        for (op, permission, grant) in cases {
+            let e = forbidden(op);
+            assert_eq!(e.kind(), ErrorKind::MissingPermission, "{op}");
+            assert!(e.kind().stalls());
+            assert_eq!(e.missing_permission(), Some(permission), "{op}");
+            assert_eq!(permission.grant(), grant);
+        }
+        // A 403 outside the Webhooks API is no Webhooks permission.
+        assert_eq!(forbidden("graphql.crEmployeePage").kind(), ErrorKind::Rejected);
+    }
+
+    #[test]
+    fn webhooks_not_activated_stalls() {
+        let e = Error::from_response(
+            "webhooks.list_applications",
+            403,
+            &Default::default(),
+            br#"{"errors":[{"message":"Webhooks are not activated for this tenant"}]}"#,
+        );
+        assert_eq!(e.kind(), ErrorKind::WebhooksNotActivated);
+        assert!(e.kind().stalls());
+    }
+
+    #[test]
+    fn a_bad_configuration_stalls() {
+        let e = Error::Config { reason: "bad url".into() };
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.kind().stalls());
     }
 }

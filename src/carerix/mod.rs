@@ -35,7 +35,7 @@ mod tests;
 pub use auth::{Credentials, SecretString, TokenInfo};
 pub use client::{CarerixClient, CarerixClientBuilder, RetryPolicy};
 pub use entity::{Entity, UnknownEntity};
-pub use error::{Error, Result, TransportKind};
+pub use error::{Error, ErrorKind, Result, TransportKind, WebhooksPermission};
 pub use graphql::{Direction, GraphQlHandler, Page, PageRequest, all_documents};
 pub use observer::{NoopObserver, Observer};
 pub use rate_limit::{RateLimiter, RateLimiters};

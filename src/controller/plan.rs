@@ -5,9 +5,18 @@
 //! kept (and re-enabled when disabled or errored); one without is created; a webhook in our
 //! application that matches nothing desired, or duplicates a kept one, is deleted. Webhooks
 //! created by another client are never touched. This module is pure: it decides, `controller`
-//! acts.
+//! acts (creating before deleting, so deliveries never gap).
+//!
+//! Header values are secrets that Carerix may mask in its answers. A webhook whose header names
+//! match but whose values do not is still a match when status recorded, for that webhook id, the
+//! hash of exactly the desired values ([`headers_hash`]); so a rotated value is replaced, but a
+//! masked one is not replaced on every pass.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+
+use sha2::{Digest, Sha256};
+
+pub use crate::carerix::WebhookStatus;
 
 /// A webhook as the spec asks for it, with header values resolved from Secrets.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,8 +49,8 @@ pub struct ActualWebhook {
     pub url: String,
     pub events: Vec<String>,
     pub headers: Vec<(String, String)>,
-    /// `enabled`, `disabled`, `error`, ...
-    pub status: String,
+    /// Its state in Carerix.
+    pub status: WebhookStatus,
     /// Created by our client: only these may be changed.
     pub owned: bool,
 }
@@ -64,7 +73,7 @@ pub struct Plan {
     /// Desired webhooks that exist and are enabled: (spec name, Carerix id).
     pub keep: Vec<(String, String)>,
     /// Desired webhooks that exist but must be re-enabled: (spec name, Carerix id, current status).
-    pub enable: Vec<(String, String, String)>,
+    pub enable: Vec<(String, String, WebhookStatus)>,
     /// Desired webhooks to create.
     pub create: Vec<DesiredWebhook>,
     /// Our webhooks to delete (extras, duplicates and ones that no longer match the spec).
@@ -89,18 +98,38 @@ pub fn normalize_headers(mut headers: Vec<(String, String)>) -> Vec<(String, Str
     headers
 }
 
-fn matches(desired: &DesiredWebhook, actual: &ActualWebhook) -> bool {
+/// A hash of header names and values, kept in status to recognise headers Carerix masks.
+pub fn headers_hash(headers: &[(String, String)]) -> String {
+    let mut hasher = Sha256::new();
+    for (name, value) in normalize_headers(headers.to_vec()) {
+        hasher.update(name.to_ascii_lowercase().as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn matches(desired: &DesiredWebhook, actual: &ActualWebhook, known_hash: Option<&str>) -> bool {
+    let actual_headers = normalize_headers(actual.headers.clone());
+    let names_match = desired.headers.len() == actual_headers.len()
+        && actual_headers.iter().zip(&desired.headers).all(|(a, d)| a.0.eq_ignore_ascii_case(&d.0));
+    let values_match = actual_headers.iter().zip(&desired.headers).all(|(a, d)| a.1 == d.1)
+        || known_hash.is_some_and(|h| h == headers_hash(&desired.headers));
     desired.url == actual.url
         && desired.events == normalize_events(&actual.events)
-        && desired.headers.len() == actual.headers.len()
-        && normalize_headers(actual.headers.clone())
-            .iter()
-            .zip(&desired.headers)
-            .all(|(a, d)| a.0.eq_ignore_ascii_case(&d.0) && a.1 == d.1)
+        && names_match
+        && values_match
 }
 
 /// Plans the changes that make `actual` (the webhooks in our application) equal to `desired`.
-pub fn plan(desired: &[DesiredWebhook], actual: &[ActualWebhook]) -> Plan {
+/// `known_hashes` maps a webhook id to the [`headers_hash`] status recorded when it was made.
+pub fn plan(
+    desired: &[DesiredWebhook],
+    actual: &[ActualWebhook],
+    known_hashes: &HashMap<String, String>,
+) -> Plan {
     let mut plan = Plan::default();
     let mut used = vec![false; actual.len()];
     for want in desired {
@@ -108,12 +137,14 @@ pub fn plan(desired: &[DesiredWebhook], actual: &[ActualWebhook]) -> Plan {
         let candidate = actual
             .iter()
             .enumerate()
-            .filter(|(i, a)| !used[*i] && a.owned && matches(want, a))
-            .min_by_key(|(_, a)| if a.status == "enabled" { 0 } else { 1 });
+            .filter(|(i, a)| {
+                !used[*i] && a.owned && matches(want, a, known_hashes.get(&a.id).map(String::as_str))
+            })
+            .min_by_key(|(_, a)| if a.status == WebhookStatus::Enabled { 0 } else { 1 });
         match candidate {
             Some((i, a)) => {
                 used[i] = true;
-                if a.status == "enabled" {
+                if a.status == WebhookStatus::Enabled {
                     plan.keep.push((want.name.clone(), a.id.clone()));
                 } else {
                     plan.enable.push((want.name.clone(), a.id.clone(), a.status.clone()));
@@ -149,9 +180,18 @@ mod tests {
             url: url.into(),
             events: events.iter().map(|e| e.to_string()).collect(),
             headers: vec![],
-            status: status.into(),
+            status: match status {
+                "enabled" => WebhookStatus::Enabled,
+                "disabled" => WebhookStatus::Disabled,
+                "error" => WebhookStatus::Error,
+                other => WebhookStatus::Unknown(other.into()),
+            },
             owned: true,
         }
+    }
+
+    fn plan(desired: &[DesiredWebhook], actual: &[ActualWebhook]) -> Plan {
+        super::plan(desired, actual, &HashMap::new())
     }
 
     #[test]
@@ -229,6 +269,20 @@ mod tests {
         assert_eq!((p.create.len(), p.delete.len()), (1, 1));
         have.headers = vec![("X-Api-Key".into(), "new".into())];
         assert!(plan(&[want], &[have]).is_noop());
+    }
+
+    #[test]
+    fn masked_header_values_are_no_change_when_status_knows_their_hash() {
+        let mut want = desired("a", "https://x", &["crmatch:created"]);
+        want.headers = vec![("x-api-key".into(), "s3cr3t".into())];
+        let mut have = actual("1", "https://x", &["crmatch:created"], "enabled");
+        have.headers = vec![("X-Api-Key".into(), "********".into())];
+        let known: HashMap<String, String> = [("1".to_string(), headers_hash(&want.headers))].into();
+        assert!(super::plan(&[want.clone()], &[have.clone()], &known).is_noop());
+        // Without the hash (or after the value rotated) it is replaced.
+        assert!(!plan(&[want.clone()], &[have.clone()]).is_noop());
+        want.headers = vec![("x-api-key".into(), "rotated".into())];
+        assert!(!super::plan(&[want], &[have], &known).is_noop());
     }
 
     #[test]

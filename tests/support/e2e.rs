@@ -96,6 +96,8 @@ impl Operator {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .env_remove("KUBECONFIG")
+            // The emulator listens on plain http on localhost: allowed explicitly, as the demo does.
+            .env("ALLOWED_CARERIX_HOSTS", "*.carerix.io,*.carerix.net,http://127.0.0.1:*")
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .spawn()
@@ -123,6 +125,13 @@ impl Operator {
         }
         let _ = c.kill();
         c.wait().expect("exit status")
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process without waiting for it.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(c.id().to_string()).status();
+        }
     }
 
     /// Starts it again with the same arguments (a restart).

@@ -26,30 +26,35 @@ pub mod types {
     pub const DATA_SYNCED: &str = "DataSynced";
 }
 
-/// Stable reasons. They are part of the contract: alerts and scripts match on them.
+pub mod reason;
+
+pub use reason::Reason;
+
+/// The reasons as strings, for code that matches on `&str` (see [`Reason`]).
 pub mod reasons {
-    pub const READY: &str = "Ready";
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    pub const INVALID_SECRET: &str = "InvalidSecret";
-    pub const INVALID_CLIENT: &str = "InvalidClient";
-    pub const TENANT_NOT_FOUND: &str = "TenantNotFound";
-    pub const MISSING_SCOPE: &str = "MissingScope";
-    pub const WEBHOOKS_NOT_ACTIVATED: &str = "WebhooksNotActivated";
-    pub const RATE_LIMITED: &str = "RateLimited";
-    pub const CARERIX_UNAVAILABLE: &str = "CarerixUnavailable";
-    pub const CARERIX_REJECTED: &str = "CarerixRejected";
-    pub const SUSPENDED: &str = "Suspended";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const CREDENTIALS_NOT_VALID: &str = "CredentialsNotValid";
-    pub const WEBHOOKS_CREATED: &str = "WebhooksReady";
-    pub const NO_WEBHOOKS: &str = "NoWebhooks";
-    pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
-    pub const DELETING: &str = "Deleting";
-    pub const INITIAL_SYNC_IN_PROGRESS: &str = "InitialSyncInProgress";
-    pub const SYNCED: &str = "Synced";
-    pub const SINK_UNAVAILABLE: &str = "SinkUnavailable";
-    pub const SYNC_FAILED: &str = "SyncFailed";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    use super::Reason;
+
+    pub const READY: &str = Reason::Ready.as_str();
+    pub const SECRET_NOT_FOUND: &str = Reason::SecretNotFound.as_str();
+    pub const INVALID_SECRET: &str = Reason::InvalidSecret.as_str();
+    pub const INVALID_CLIENT: &str = Reason::InvalidClient.as_str();
+    pub const TENANT_NOT_FOUND: &str = Reason::TenantNotFound.as_str();
+    pub const MISSING_SCOPE: &str = Reason::MissingScope.as_str();
+    pub const MISSING_PERMISSION: &str = Reason::MissingPermission.as_str();
+    pub const WEBHOOKS_NOT_ACTIVATED: &str = Reason::WebhooksNotActivated.as_str();
+    pub const RATE_LIMITED: &str = Reason::RateLimited.as_str();
+    pub const CARERIX_UNAVAILABLE: &str = Reason::CarerixUnavailable.as_str();
+    pub const CARERIX_REJECTED: &str = Reason::CarerixRejected.as_str();
+    pub const SUSPENDED: &str = Reason::Suspended.as_str();
+    pub const CREDENTIALS_NOT_VALID: &str = Reason::CredentialsNotValid.as_str();
+    pub const WEBHOOKS_CREATED: &str = Reason::WebhooksReady.as_str();
+    pub const NO_WEBHOOKS: &str = Reason::NoWebhooks.as_str();
+    pub const CLEANUP_BLOCKED: &str = Reason::CleanupBlocked.as_str();
+    pub const INITIAL_SYNC_IN_PROGRESS: &str = Reason::InitialSyncInProgress.as_str();
+    pub const SYNCED: &str = Reason::Synced.as_str();
+    pub const SINK_UNAVAILABLE: &str = Reason::SinkUnavailable.as_str();
+    pub const SYNC_FAILED: &str = Reason::SyncFailed.as_str();
+    pub const INVALID_SPEC: &str = Reason::InvalidSpec.as_str();
 }
 
 /// The state of one part of the connection.
@@ -72,7 +77,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::True => "True",
             Status::False => "False",
@@ -83,16 +88,16 @@ impl Status {
 
 impl Part {
     /// A part that works.
-    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
-        Part { status: Status::True, reason: reason.into(), message: message.into() }
+    pub fn ok(reason: impl AsRef<str>, message: impl Into<String>) -> Self {
+        Part { status: Status::True, reason: reason.as_ref().to_string(), message: message.into() }
     }
     /// A part that does not work.
-    pub fn failed(reason: &str, message: impl Into<String>) -> Self {
-        Part { status: Status::False, reason: reason.into(), message: message.into() }
+    pub fn failed(reason: impl AsRef<str>, message: impl Into<String>) -> Self {
+        Part { status: Status::False, reason: reason.as_ref().to_string(), message: message.into() }
     }
     /// A part not known yet (for example because an earlier part failed).
-    pub fn unknown(reason: &str, message: impl Into<String>) -> Self {
-        Part { status: Status::Unknown, reason: reason.into(), message: message.into() }
+    pub fn unknown(reason: impl AsRef<str>, message: impl Into<String>) -> Self {
+        Part { status: Status::Unknown, reason: reason.as_ref().to_string(), message: message.into() }
     }
 }
 
