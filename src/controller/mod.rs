@@ -580,6 +580,7 @@ async fn apply(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action,
         application_id: report.application_id.clone(),
         summary: Some(format!("{ready_count}/{}", desired.len())),
         items: report.states,
+        public_key: report.public_key.clone(),
     };
 
     // Data sync: started or updated here, reported by the sync itself.
