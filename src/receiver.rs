@@ -312,7 +312,10 @@ impl Connections {
 
     /// Stores for `namespaces` (all when empty), and the future that fills them: run it for as
     /// long as the receiver serves (it retries with backoff when the API server is away).
-    pub fn watch(client: &Client, namespaces: &[String]) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    pub fn watch(
+        client: &Client,
+        namespaces: &[String],
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let apis: Vec<Api<CarerixConnection>> = if namespaces.is_empty() {
             vec![Api::all(client.clone())]
         } else {
@@ -531,13 +534,16 @@ impl Receiver {
             return Ok(reg.clone());
         }
         let ns = obj.namespace().unwrap_or_default();
-        let creds =
-            match controller::read_credentials(&self.inner.client, &ns, &obj.spec.credentials_secret_ref.name)
-                .await
-            {
-                Ok(Ok(c)) => c,
-                _ => return Err(Outcome::SetupFailed),
-            };
+        let creds = match controller::read_credentials(
+            &self.inner.client,
+            &ns,
+            &obj.spec.credentials_secret_ref.name,
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return Err(Outcome::SetupFailed),
+        };
         let i = &self.inner;
         let cx = controller::new_client(&obj.spec, &creds, &i.carerix, &i.rate_limiters, &i.metrics)
             .map_err(|_| Outcome::SetupFailed)?;

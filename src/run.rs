@@ -277,8 +277,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         .map_err(|source| Error::Serve { addr: args.probe_listen, source })?;
     info!(addr = %args.listen, probes = %args.probe_listen, "serving /webhooks, and /healthz, /readyz, /metrics");
     let header_timeout = receiver.limits().header_read_timeout;
-    let server =
-        tokio::spawn(server::serve(listener, server::receiver_router(receiver), header_timeout, shutdown_rx.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        server::receiver_router(receiver),
+        header_timeout,
+        shutdown_rx.clone(),
+    ));
     let probe_server = tokio::spawn(server::serve(
         probe_listener,
         server::probe_router(probes),

@@ -108,7 +108,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => break,
+            () = stopped(&mut shutdown) => break,
         };
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -124,6 +124,11 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 async fn healthz(State(state): State<ProbeState>) -> impl IntoResponse {

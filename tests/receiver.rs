@@ -359,8 +359,7 @@ async fn an_unknown_connection_and_a_bad_signature_get_the_same_answer() {
 }
 
 #[tokio::test]
-async fn a_verified_delivery_for_a_synced_connection_this_replica_does_not_run_reads_its_secrets_only_then()
- {
+async fn a_verified_delivery_for_a_synced_connection_this_replica_does_not_run_reads_its_secrets_only_then() {
     let rx = plain_receiver(|_| {}).await;
     let key = AppKey::new();
     rx.put(connection("team-a", "acme", Some(&key.pem), true));

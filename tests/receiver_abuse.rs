@@ -68,10 +68,7 @@ impl Abuse {
     async fn sink(&self) -> (std::collections::BTreeMap<String, (bool, serde_json::Value)>, i64) {
         let client = self.target.pool.get().await.expect("connection");
         let events: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM {}", self.target.schema.table("processed_events")),
-                &[],
-            )
+            .query_one(&format!("SELECT count(*) FROM {}", self.target.schema.table("processed_events")), &[])
             .await
             .expect("count")
             .get(0);
@@ -79,10 +76,17 @@ impl Abuse {
     }
 
     /// Nothing reached Kubernetes, Carerix or PostgreSQL.
-    async fn assert_untouched(&self, before: &(std::collections::BTreeMap<String, (bool, serde_json::Value)>, i64)) {
+    async fn assert_untouched(
+        &self,
+        before: &(std::collections::BTreeMap<String, (bool, serde_json::Value)>, i64),
+    ) {
         assert_eq!(self.rx.kube_requests.load(Ordering::SeqCst), 0, "a Kubernetes request was made");
         let log = self.sim.sim().request_log();
-        assert!(log.is_empty(), "Carerix requests were made: {:?}", log.iter().map(|r| &r.path).collect::<Vec<_>>());
+        assert!(
+            log.is_empty(),
+            "Carerix requests were made: {:?}",
+            log.iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
         assert_eq!(&self.sink().await, before, "the sink changed");
     }
 
@@ -254,10 +258,7 @@ async fn oversize_bodies_are_refused_without_being_read() {
     let path = format!("/webhooks/{NS}/{}", a.name);
     // Declared too large: refused from the headers alone (only the head is sent here).
     let mut stream = TcpStream::connect(a.rx.addr()).await.expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{sig}\r\n",
-        big.len()
-    );
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{sig}\r\n", big.len());
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut answer = vec![0; 512];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
@@ -366,7 +367,8 @@ async fn a_flood_is_limited_per_connection_and_in_flight_while_probes_still_answ
         async move {
             let mut statuses = Vec::new();
             for _ in 0..40 {
-                let r = http.post(&url).header("Cx-Signature", forged.clone()).body(body.clone()).send().await;
+                let r =
+                    http.post(&url).header("Cx-Signature", forged.clone()).body(body.clone()).send().await;
                 statuses.push(r.expect("an answer").status().as_u16());
             }
             statuses
@@ -378,7 +380,10 @@ async fn a_flood_is_limited_per_connection_and_in_flight_while_probes_still_answ
     for statuses in [&known, &unknown] {
         assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
         assert!(statuses.contains(&429), "a burst of 40 is limited at 5/s: {statuses:?}");
-        assert!(statuses.iter().filter(|s| **s == 401).count() >= 10, "the burst allowance passes: {statuses:?}");
+        assert!(
+            statuses.iter().filter(|s| **s == 401).count() >= 10,
+            "the burst allowance passes: {statuses:?}"
+        );
     }
     // Another connection name is not slowed by the first one's flood.
     let other = http
@@ -396,7 +401,9 @@ async fn a_flood_is_limited_per_connection_and_in_flight_while_probes_still_answ
     let mut held = Vec::new();
     for i in 0..4 {
         let mut s = TcpStream::connect(a.rx.addr()).await.expect("connect");
-        let head = format!("POST /webhooks/{NS}/hold-{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nCx-Signature: x\r\n\r\n");
+        let head = format!(
+            "POST /webhooks/{NS}/hold-{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nCx-Signature: x\r\n\r\n"
+        );
         s.write_all(head.as_bytes()).await.expect("write");
         held.push(s);
     }

@@ -59,7 +59,7 @@ impl Rx {
     pub fn rechecks(&self) -> Vec<ObjectRef<CarerixConnection>> {
         let mut rx = self.rechecks.lock().expect("lock");
         let mut got = Vec::new();
-        while let Ok(Some(r)) = rx.try_next() {
+        while let Ok(r) = rx.try_recv() {
             got.push(r);
         }
         got
@@ -107,8 +107,7 @@ async fn counting_api_server() -> (String, Arc<AtomicUsize>) {
 /// A Kubernetes client whose every request is counted.
 pub async fn counted_kube() -> (kube::Client, Arc<AtomicUsize>) {
     let (url, count) = counting_api_server().await;
-    let client =
-        kube::Client::try_from(kube::Config::new(url.parse().expect("uri"))).expect("client");
+    let client = kube::Client::try_from(kube::Config::new(url.parse().expect("uri"))).expect("client");
     (client, count)
 }
 
