@@ -582,18 +582,21 @@ impl Receiver {
         let Some(delivery) = parse_delivery(&body) else {
             return Outcome::Malformed;
         };
-        let reg = match running {
-            Some(reg) => reg,
-            // Verified, but this connection syncs nothing: there is no row to keep fresh.
-            None if obj.spec.sync.is_none() => return Outcome::Ignored,
-            // Suspended: nothing may reach Carerix. Carerix retries later.
-            None if obj.spec.suspend => return Outcome::Suspended,
-            None => match self.registration(&key, &obj).await {
-                Ok(reg) => reg,
-                Err(outcome) => return outcome,
-            },
+        let apply = async {
+            let reg = match running {
+                Some(reg) => reg,
+                // Verified, but this connection syncs nothing: there is no row to keep fresh.
+                None if obj.spec.sync.is_none() => return Outcome::Ignored,
+                // Suspended: nothing may reach Carerix. Carerix retries later.
+                None if obj.spec.suspend => return Outcome::Suspended,
+                None => match self.registration(&key, &obj).await {
+                    Ok(reg) => reg,
+                    Err(outcome) => return outcome,
+                },
+            };
+            process(&reg, &delivery).await
         };
-        match tokio::time::timeout(PROCESSING_BUDGET, process(&reg, &delivery)).await {
+        match tokio::time::timeout(PROCESSING_BUDGET, apply).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 warn!("a delivery took longer than its time box; answering 503 so that Carerix retries");

@@ -366,7 +366,7 @@ async fn a_verified_delivery_for_a_synced_connection_this_replica_does_not_run_r
     let body = payload("e1", "42");
     assert_eq!(post_signed(&rx, "team-a", "acme", &body, &AppKey::new().sign(body.as_bytes())).await, 401);
     assert_eq!(kube_requests(&rx), 0, "nothing is read for a forged delivery");
-    // Signed: the receiver reads the credentials Secret (the stand-in API server refuses: 503,
+    // Signed: the receiver reads the credentials Secret (the stand-in API server refuses, so 503:
     // Carerix retries).
     assert_eq!(post_signed(&rx, "team-a", "acme", &body, &key.sign(body.as_bytes())).await, 503);
     assert!(kube_requests(&rx) > 0);

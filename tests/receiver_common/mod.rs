@@ -86,8 +86,8 @@ impl Rx {
     }
 }
 
-/// An HTTP server that counts every request and answers 503: where the receiver's Kubernetes
-/// client points, so any request the receiver makes to Kubernetes is seen.
+/// An HTTP server that counts every request and answers 403 Forbidden: where the receiver's
+/// Kubernetes client points, so any request the receiver makes to Kubernetes is seen.
 async fn counting_api_server() -> (String, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
@@ -95,7 +95,9 @@ async fn counting_api_server() -> (String, Arc<AtomicUsize>) {
         let seen = seen.clone();
         async move {
             seen.fetch_add(1, Ordering::SeqCst);
-            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stand-in")
+            let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "message": "stand-in", "reason": "Forbidden", "code": 403});
+            (axum::http::StatusCode::FORBIDDEN, axum::Json(status))
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -200,7 +202,7 @@ impl AppKey {
     /// A fresh key pair.
     pub fn new() -> AppKey {
         let mut rng = rsa::rand_core::OsRng;
-        let private = RsaPrivateKey::new(&mut rng, 2048).expect("key");
+        let private = RsaPrivateKey::new(&mut rng, 1024).expect("key");
         let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).expect("pem");
         AppKey { signer: SigningKey::new(private), pem }
     }
