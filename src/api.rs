@@ -334,6 +334,10 @@ pub struct WebhooksStatus {
     /// One entry per desired webhook.
     #[serde(default)]
     pub items: Vec<WebhookState>,
+    /// The PEM public key of the webhook application (public, not a secret): every replica's
+    /// receiver verifies deliveries with it, without asking Carerix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// One desired webhook and its state in Carerix.

@@ -1,13 +1,23 @@
 //! The webhook receiver: `POST /webhooks/{namespace}/{name}`.
 //!
-//! Order of work, each step answering with its own status code:
-//! 1. the connection must sync (registered in the [`SyncManager`](crate::sync::SyncManager)): else 404;
-//! 2. the body must fit [`MAX_BODY_BYTES`]: else 413;
-//! 3. `Cx-Signature` (base64 RSASSA-PKCS1-v1_5 SHA-256 over the raw body) must verify against the
-//!    connection's webhook application key, before anything is parsed: else 401;
-//! 4. the payload must be JSON with `id`, `type` and `data.entityId`: else 400;
-//! 5. an event id already processed answers 200 without work;
-//! 6. the record is fetched (coalesced with other deliveries, through the tenant's rate limit), and
+//! The receiver does no work for strangers. Order of work, each step answering with its own
+//! status code (see [`Outcome::status`]):
+//! 1. `namespace` must be a DNS label and `name` a CarerixConnection name (a DNS subdomain of at
+//!    most 63 characters): else 404, with nothing looked up;
+//! 2. at most [`Limits::rate_per_second`] requests per second per connection name: else 429;
+//! 3. a `Cx-Signature` header must be present: else 401;
+//! 4. the body must arrive within [`Limits::body_read_timeout`] (else 408) and fit
+//!    [`MAX_BODY_BYTES`] (else 413);
+//! 5. the connection must be in the informer cache ([`Connections`], a reflector every replica
+//!    runs) and the signature (base64 RSASSA-PKCS1-v1_5 SHA-256 over the raw body) must verify
+//!    against the application key already known for it (`status.webhooks.publicKey`, or the
+//!    running sync's key): else 401, the same answer for an unknown connection, a connection
+//!    without a known key and a bad signature. A failure on a known connection asks the
+//!    controller to re-check it, at most once per [`RECHECK_INTERVAL`]; Carerix is never asked
+//!    for a key on behalf of a delivery;
+//! 6. the payload must be JSON with `id`, `type` and `data.entityId`: else 400;
+//! 7. an event id already processed answers 200 without work;
+//! 8. the record is fetched (coalesced with other deliveries, through the tenant's rate limit), and
 //!    the row and the event id are written in one transaction; only then 200.
 //!
 //! A down sink or a failing Carerix answers 503 so that Carerix retries; processing is time-boxed
@@ -15,16 +25,30 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use axum::{
-    body::Bytes,
-    extract::{Path, State},
+    body::{Body, Bytes},
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
 };
 use base64::Engine as _;
+use futures::{Future, StreamExt, channel::mpsc::UnboundedSender};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
 use rsa::{
     RsaPublicKey,
     pkcs1::DecodeRsaPublicKey,
@@ -38,11 +62,11 @@ use tracing::{debug, instrument, warn};
 
 use crate::{
     api::CarerixConnection,
-    carerix::Entity,
+    carerix::{Entity, RateLimiters},
     controller,
-    server::ServerState,
+    metrics::Metrics,
     sync::{
-        Registration,
+        Registration, SyncManager,
         store::{self, Change},
     },
 };
@@ -55,6 +79,144 @@ pub const SIGNATURE_HEADER: &str = "cx-signature";
 
 /// How long a delivery may take before it is answered 503 (Carerix waits 10 s).
 pub const PROCESSING_BUDGET: Duration = Duration::from_secs(8);
+
+/// At most one re-check of a connection's key per this period, whatever the deliveries say.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a receiver-built view of a connection (on a standby) is kept before it is rebuilt.
+const REGISTRATION_TTL: Duration = Duration::from_secs(120);
+
+/// Rate-limiter entries kept before idle ones are dropped.
+const LIMITER_ENTRIES: usize = 10_000;
+
+/// What became of a delivery: the answer's status code and the `result` label of
+/// `carerix_operator_receiver_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Applied to the sink.
+    Accepted,
+    /// An event id already processed.
+    Duplicate,
+    /// Verified, but nothing to do (an entity this connection does not sync, or no sync).
+    Ignored,
+    /// The path does not name a connection (not a DNS label / subdomain).
+    InvalidName,
+    /// More requests for this connection than the per-connection rate allows.
+    RateLimited,
+    /// More requests in flight than the receiver serves at once.
+    Overloaded,
+    /// No `Cx-Signature` header.
+    Unsigned,
+    /// The body took longer than the body read timeout, or broke off.
+    SlowBody,
+    /// The body is larger than [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// No such connection in the informer cache.
+    UnknownConnection,
+    /// The connection has no known application key yet.
+    NoKnownKey,
+    /// The signature does not verify against the known key.
+    BadSignature,
+    /// Verified, but not JSON with `id`, `type` and `data.entityId`.
+    Malformed,
+    /// Verified, but the connection is suspended: Carerix retries later.
+    Suspended,
+    /// Verified, but the sink of a connection this replica does not sync could not be set up.
+    SetupFailed,
+    /// The sink could not be reached.
+    SinkUnavailable,
+    /// Carerix could not be reached for the record.
+    CarerixUnavailable,
+    /// Processing took longer than [`PROCESSING_BUDGET`].
+    Timeout,
+}
+
+impl Outcome {
+    /// Every outcome, for tests and documentation.
+    pub const ALL: [Outcome; 18] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::Ignored,
+        Outcome::InvalidName,
+        Outcome::RateLimited,
+        Outcome::Overloaded,
+        Outcome::Unsigned,
+        Outcome::SlowBody,
+        Outcome::TooLarge,
+        Outcome::UnknownConnection,
+        Outcome::NoKnownKey,
+        Outcome::BadSignature,
+        Outcome::Malformed,
+        Outcome::Suspended,
+        Outcome::SetupFailed,
+        Outcome::SinkUnavailable,
+        Outcome::CarerixUnavailable,
+        Outcome::Timeout,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ignored => "ignored",
+            Outcome::InvalidName => "invalid_name",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Overloaded => "overloaded",
+            Outcome::Unsigned => "unsigned",
+            Outcome::SlowBody => "slow_body",
+            Outcome::TooLarge => "too_large",
+            Outcome::UnknownConnection => "unknown_connection",
+            Outcome::NoKnownKey => "no_known_key",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Malformed => "malformed",
+            Outcome::Suspended => "suspended",
+            Outcome::SetupFailed => "setup_failed",
+            Outcome::SinkUnavailable => "sink_unavailable",
+            Outcome::CarerixUnavailable => "carerix_unavailable",
+            Outcome::Timeout => "timeout",
+        }
+    }
+
+    /// The answer. An unsigned caller cannot tell an unknown connection from a known one: both
+    /// get 401. 5xx answers make Carerix retry.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Outcome::Accepted | Outcome::Duplicate | Outcome::Ignored => StatusCode::OK,
+            Outcome::InvalidName => StatusCode::NOT_FOUND,
+            Outcome::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Outcome::Unsigned | Outcome::UnknownConnection | Outcome::NoKnownKey | Outcome::BadSignature => {
+                StatusCode::UNAUTHORIZED
+            }
+            Outcome::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Malformed => StatusCode::BAD_REQUEST,
+            Outcome::Overloaded
+            | Outcome::Suspended
+            | Outcome::SetupFailed
+            | Outcome::SinkUnavailable
+            | Outcome::CarerixUnavailable
+            | Outcome::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Whether `s` is an RFC 1123 DNS label: 1 to 63 lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit. Namespace names are DNS labels.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Whether `s` can be the name of a CarerixConnection: an RFC 1123 DNS subdomain (labels joined
+/// by `.`), of at most 63 characters (the CRD's own limit, below the subdomain's 253).
+pub fn is_connection_name(s: &str) -> bool {
+    s.len() <= 63 && s.split('.').all(is_dns_label)
+}
 
 /// Parses a PEM public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`) into a verifier.
 pub fn parse_public_key(pem: &str) -> Option<VerifyingKey<Sha256>> {
@@ -107,79 +269,391 @@ pub fn entity_for(event_type: &str, synced: &[Entity]) -> Option<Entity> {
     Entity::from_event_type(event_type).filter(|e| synced.contains(e))
 }
 
-/// Handles one delivery.
-#[instrument(skip_all, fields(connection = %format!("{namespace}/{name}")))]
-pub async fn receive(
-    State(state): State<ServerState>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let key = format!("{namespace}/{name}");
-    let found = match state.sync.registration(&key) {
-        Some(reg) => Found::Sync(reg),
-        None => match state.lookups.find(&state, &namespace, &name).await {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                state.metrics.delivery("unknown_connection");
-                return StatusCode::NOT_FOUND;
-            }
-            Err(()) => {
-                state.metrics.delivery("lookup_failed");
-                return StatusCode::SERVICE_UNAVAILABLE;
-            }
-        },
-    };
-    if body.len() > MAX_BODY_BYTES {
-        state.metrics.delivery("too_large");
-        return StatusCode::PAYLOAD_TOO_LARGE;
-    }
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let verified = match (found.verifying_key(), signature) {
-        (Some(k), Some(sig)) => verify_signature(k, &body, sig),
-        _ => false,
-    };
-    if !verified {
-        state.metrics.delivery("bad_signature");
-        return StatusCode::UNAUTHORIZED;
-    }
-    let Some(delivery) = parse_delivery(&body) else {
-        state.metrics.delivery("malformed");
-        return StatusCode::BAD_REQUEST;
-    };
-    let reg = match found {
-        Found::Sync(reg) => reg,
-        Found::KeyOnly(_) => {
-            // Verified, but this connection syncs nothing: there is no row to keep fresh.
-            state.metrics.delivery("ignored");
-            return StatusCode::OK;
-        }
-    };
-    match tokio::time::timeout(PROCESSING_BUDGET, process(&reg, &delivery)).await {
-        Ok(Ok(result)) => {
-            state.metrics.delivery(result);
-            StatusCode::OK
-        }
-        Ok(Err(result)) => {
-            state.metrics.delivery(result);
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Err(_) => {
-            warn!("a delivery took longer than its time box; answering 503 so that Carerix retries");
-            state.metrics.delivery("timeout");
-            StatusCode::SERVICE_UNAVAILABLE
+/// The receiver's limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time allowed for a request's headers (and for an idle kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole body, from the end of the headers.
+    pub body_read_timeout: Duration,
+    /// Time allowed for a whole request, a backstop behind the others.
+    pub request_timeout: Duration,
+    /// Requests served at once; more are answered 503 at once.
+    pub max_concurrency: usize,
+    /// Requests per second per connection name (bursts of twice that pass).
+    pub rate_per_second: NonZeroU32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(25),
+            max_concurrency: 256,
+            rate_per_second: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
 
-/// Applies a verified delivery. `Ok(result)` answers 200, `Err(result)` 503; `result` is the
-/// metrics label.
-pub async fn process(reg: &Registration, delivery: &Delivery) -> Result<&'static str, &'static str> {
+/// The CarerixConnections every replica keeps in memory (reflector stores, one per watched
+/// namespace or one for all), so that a delivery never costs a Kubernetes request.
+#[derive(Clone, Default)]
+pub struct Connections {
+    stores: Vec<Store<CarerixConnection>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Connections {
+    /// Reads from given stores (filled by their writers); ready at once.
+    pub fn from_stores(stores: Vec<Store<CarerixConnection>>) -> Self {
+        Connections { stores, ready: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// Stores for `namespaces` (all when empty), and the future that fills them: run it for as
+    /// long as the receiver serves (it retries with backoff when the API server is away).
+    pub fn watch(
+        client: &Client,
+        namespaces: &[String],
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let apis: Vec<Api<CarerixConnection>> = if namespaces.is_empty() {
+            vec![Api::all(client.clone())]
+        } else {
+            namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+        };
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut stores = Vec::new();
+        let mut runs = Vec::new();
+        for api in apis {
+            let (reader, writer) = reflector::store();
+            stores.push(reader);
+            let events = watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|c: &mut CarerixConnection| c.managed_fields_mut().clear());
+            runs.push(reflector::reflector(writer, events).for_each(|_| async {}));
+        }
+        let readiness = {
+            let (stores, ready) = (stores.clone(), ready.clone());
+            async move {
+                for store in stores {
+                    while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+                        .await
+                        .is_err()
+                    {}
+                }
+                ready.store(true, Ordering::SeqCst);
+            }
+        };
+        let run = async move {
+            futures::join!(futures::future::join_all(runs), readiness);
+        };
+        (Connections { stores, ready }, run)
+    }
+
+    /// The connection `namespace/name`, if it exists.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CarerixConnection>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.stores.iter().find_map(|s| s.get(&key))
+    }
+
+    /// Whether every store has its first full list.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// A parsed application key and the PEM it came from.
+struct KnownKey {
+    pem: String,
+    key: Arc<VerifyingKey<Sha256>>,
+}
+
+/// Mutable receiver state, kept per existing connection only (never per requested name).
+#[derive(Default)]
+struct Caches {
+    keys: HashMap<String, KnownKey>,
+    rechecks: HashMap<String, Instant>,
+    registrations: HashMap<String, (Instant, Arc<Registration>)>,
+}
+
+/// What the receiver needs to answer deliveries.
+#[derive(Clone)]
+pub struct Receiver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    metrics: Arc<Metrics>,
+    sync: Arc<SyncManager>,
+    connections: Connections,
+    carerix: controller::Settings,
+    rate_limiters: RateLimiters,
+    reconcile: UnboundedSender<ObjectRef<CarerixConnection>>,
+    leading: Arc<AtomicBool>,
+    limits: Limits,
+    limiter: DefaultKeyedRateLimiter<String>,
+    caches: Mutex<Caches>,
+}
+
+/// The parts a [`Receiver`] is built from.
+pub struct Parts {
+    /// Kubernetes client: reads credentials and sink Secrets, only for verified deliveries of
+    /// connections whose sync this replica does not run.
+    pub client: Client,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The data sync, which applies deliveries.
+    pub sync: Arc<SyncManager>,
+    /// The informer cache of connections.
+    pub connections: Connections,
+    /// Timeout and retries of the Carerix clients built for verified deliveries.
+    pub carerix: controller::Settings,
+    /// Per-tenant rate limiters.
+    pub rate_limiters: RateLimiters,
+    /// Asks the controller to reconcile a connection.
+    pub reconcile: UnboundedSender<ObjectRef<CarerixConnection>>,
+    /// This replica runs the controllers (re-check requests are only sent then).
+    pub leading: Arc<AtomicBool>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Receiver {
+    /// A receiver.
+    pub fn new(parts: Parts) -> Self {
+        let rate = parts.limits.rate_per_second;
+        let burst = rate.checked_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)).unwrap_or(rate);
+        let limiter = RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst));
+        Receiver {
+            inner: Arc::new(Inner {
+                client: parts.client,
+                metrics: parts.metrics,
+                sync: parts.sync,
+                connections: parts.connections,
+                carerix: parts.carerix,
+                rate_limiters: parts.rate_limiters,
+                reconcile: parts.reconcile,
+                leading: parts.leading,
+                limits: parts.limits,
+                limiter,
+                caches: Mutex::new(Caches::default()),
+            }),
+        }
+    }
+
+    /// The informer cache.
+    pub fn connections(&self) -> &Connections {
+        &self.inner.connections
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Counts an outcome and answers with its status code.
+    pub fn answer(&self, outcome: Outcome) -> StatusCode {
+        self.inner.metrics.delivery(outcome.as_str());
+        outcome.status()
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        self.inner.caches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a request for `key` fits the per-connection rate.
+    fn admit(&self, key: &str) -> bool {
+        let limiter = &self.inner.limiter;
+        if limiter.len() > LIMITER_ENTRIES {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        limiter.check_key(&key.to_string()).is_ok()
+    }
+
+    /// The key published in the connection's status, parsed once per PEM.
+    fn status_key(&self, key: &str, obj: &CarerixConnection) -> Option<Arc<VerifyingKey<Sha256>>> {
+        let pem = obj.status.as_ref()?.webhooks.as_ref()?.public_key.as_deref()?;
+        let mut caches = self.caches();
+        if let Some(known) = caches.keys.get(key)
+            && known.pem == pem
+        {
+            return Some(known.key.clone());
+        }
+        let parsed = Arc::new(parse_public_key(pem)?);
+        caches.keys.insert(key.to_string(), KnownKey { pem: pem.to_string(), key: parsed.clone() });
+        Some(parsed)
+    }
+
+    /// Checks the signature against every key known for the connection.
+    fn verify(
+        &self,
+        key: &str,
+        obj: &CarerixConnection,
+        reg: Option<&Registration>,
+        body: &[u8],
+        signature: &str,
+    ) -> Result<(), Outcome> {
+        let from_status = self.status_key(key, obj);
+        let from_sync = reg.and_then(|r| r.verifying_key.as_ref());
+        if from_status.is_none() && from_sync.is_none() {
+            return Err(Outcome::NoKnownKey);
+        }
+        let ok = from_status.is_some_and(|k| verify_signature(&k, body, signature))
+            || from_sync.is_some_and(|k| verify_signature(k, body, signature));
+        if ok { Ok(()) } else { Err(Outcome::BadSignature) }
+    }
+
+    /// Asks the controller to re-read the connection's application (and so its key), at most
+    /// once per [`RECHECK_INTERVAL`] per connection, and only where the controller runs.
+    fn request_recheck(&self, key: &str, obj: &CarerixConnection) {
+        if !self.inner.leading.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut caches = self.caches();
+            if caches.rechecks.get(key).is_some_and(|at| at.elapsed() < RECHECK_INTERVAL) {
+                return;
+            }
+            caches.rechecks.insert(key.to_string(), Instant::now());
+        }
+        debug!("a delivery did not verify; asking for a re-check of the connection's key");
+        let _ = self.inner.reconcile.unbounded_send(ObjectRef::from_obj(obj));
+    }
+
+    /// The registration of a connection with a sync, for a verified delivery: the running
+    /// sync's, or one this receiver builds (reading Secrets, never Carerix) and keeps for a while.
+    async fn registration(&self, key: &str, obj: &CarerixConnection) -> Result<Arc<Registration>, Outcome> {
+        if let Some(reg) = self.inner.sync.registration(key) {
+            return Ok(reg);
+        }
+        if let Some((at, reg)) = self.caches().registrations.get(key)
+            && at.elapsed() < REGISTRATION_TTL
+        {
+            return Ok(reg.clone());
+        }
+        let ns = obj.namespace().unwrap_or_default();
+        let creds = match controller::read_credentials(
+            &self.inner.client,
+            &ns,
+            &obj.spec.credentials_secret_ref.name,
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return Err(Outcome::SetupFailed),
+        };
+        let i = &self.inner;
+        let cx = controller::new_client(&obj.spec, &creds, &i.carerix, &i.rate_limiters, &i.metrics)
+            .map_err(|_| Outcome::SetupFailed)?;
+        let pem = obj.status.as_ref().and_then(|s| s.webhooks.as_ref()).and_then(|w| w.public_key.as_deref());
+        let reg = i.sync.receiver_registration(obj, &cx, pem).await.map_err(|e| {
+            debug!(error = %e, "could not reach the sink of a delivery");
+            Outcome::SetupFailed
+        })?;
+        let reg = Arc::new(reg);
+        self.caches().registrations.insert(key.to_string(), (Instant::now(), reg.clone()));
+        Ok(reg)
+    }
+
+    /// The whole delivery, from a valid name on.
+    async fn deliver(&self, namespace: &str, name: &str, headers: &HeaderMap, body: Body) -> Outcome {
+        let key = format!("{namespace}/{name}");
+        if !self.admit(&key) {
+            return Outcome::RateLimited;
+        }
+        let Some(signature) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Outcome::Unsigned;
+        };
+        let body = match tokio::time::timeout(self.inner.limits.body_read_timeout, read_body(body)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(outcome)) => return outcome,
+            Err(_) => return Outcome::SlowBody,
+        };
+        let Some(obj) = self.inner.connections.get(namespace, name) else {
+            return Outcome::UnknownConnection;
+        };
+        let running = self.inner.sync.registration(&key);
+        if let Err(outcome) = self.verify(&key, &obj, running.as_deref(), &body, signature) {
+            self.request_recheck(&key, &obj);
+            return outcome;
+        }
+        let Some(delivery) = parse_delivery(&body) else {
+            return Outcome::Malformed;
+        };
+        let apply = async {
+            let reg = match running {
+                Some(reg) => reg,
+                // Verified, but this connection syncs nothing: there is no row to keep fresh.
+                None if obj.spec.sync.is_none() => return Outcome::Ignored,
+                // Suspended: nothing may reach Carerix. Carerix retries later.
+                None if obj.spec.suspend => return Outcome::Suspended,
+                None => match self.registration(&key, &obj).await {
+                    Ok(reg) => reg,
+                    Err(outcome) => return outcome,
+                },
+            };
+            process(&reg, &delivery).await
+        };
+        match tokio::time::timeout(PROCESSING_BUDGET, apply).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                warn!("a delivery took longer than its time box; answering 503 so that Carerix retries");
+                Outcome::Timeout
+            }
+        }
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`].
+async fn read_body(body: Body) -> Result<Bytes, Outcome> {
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Outcome::SlowBody)?;
+        if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Outcome::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Handles one delivery.
+#[instrument(skip_all)]
+pub async fn receive(
+    State(receiver): State<Receiver>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> StatusCode {
+    let outcome = match path {
+        Ok(Path((namespace, name))) if is_dns_label(&namespace) && is_connection_name(&name) => {
+            let declared = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+                Outcome::TooLarge
+            } else {
+                let outcome = receiver.deliver(&namespace, &name, &headers, body).await;
+                debug!(connection = %format!("{namespace}/{name}"), result = outcome.as_str(), "delivery");
+                outcome
+            }
+        }
+        _ => Outcome::InvalidName,
+    };
+    receiver.answer(outcome)
+}
+
+/// Applies a verified delivery.
+pub async fn process(reg: &Registration, delivery: &Delivery) -> Outcome {
     let t = &reg.target;
     match store::event_seen(&t.pool, &t.schema, &t.connection, &delivery.id).await {
-        Ok(true) => return Ok("duplicate"),
+        Ok(true) => return Outcome::Duplicate,
         Ok(false) => {}
-        Err(_) => return Err("sink_unavailable"),
+        Err(_) => return Outcome::SinkUnavailable,
     }
     let change = match entity_for(&delivery.event_type, &reg.entities) {
         None => Change::Nothing,
@@ -188,22 +662,23 @@ pub async fn process(reg: &Registration, delivery: &Delivery) -> Result<&'static
             Some(Ok(None)) => Change::Gone(entity, delivery.data.entity_id.clone()),
             Some(Err(e)) => {
                 debug!(reason = e.reason(), "fetching the record of a delivery failed");
-                return Err("carerix_unavailable");
+                return Outcome::CarerixUnavailable;
             }
-            None => return Err("carerix_unavailable"),
+            None => return Outcome::CarerixUnavailable,
         },
     };
     match store::apply_event(&t.pool, &t.schema, &t.connection, &delivery.id, &change).await {
-        Ok(true) if change == Change::Nothing => Ok("ignored"),
-        Ok(true) => Ok("accepted"),
-        Ok(false) => Ok("duplicate"),
-        Err(_) => Err("sink_unavailable"),
+        Ok(true) if change == Change::Nothing => Outcome::Ignored,
+        Ok(true) => Outcome::Accepted,
+        Ok(false) => Outcome::Duplicate,
+        Err(_) => Outcome::SinkUnavailable,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rsa::{
         RsaPrivateKey,
         pkcs1v15::SigningKey,
@@ -212,14 +687,19 @@ mod tests {
     };
 
     fn keypair() -> (SigningKey<Sha256>, String) {
-        let mut rng = rand_core_rng();
+        let mut rng = rsa::rand_core::OsRng;
         let private = RsaPrivateKey::new(&mut rng, 1024).expect("key");
         let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).expect("pem");
         (SigningKey::<Sha256>::new(private), pem)
     }
 
-    fn rand_core_rng() -> rsa::rand_core::OsRng {
-        rsa::rand_core::OsRng
+    fn shared_keypair() -> &'static (SigningKey<Sha256>, String) {
+        static KEY: std::sync::OnceLock<(SigningKey<Sha256>, String)> = std::sync::OnceLock::new();
+        KEY.get_or_init(keypair)
+    }
+
+    fn sign(signer: &SigningKey<Sha256>, body: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(signer.sign(body).to_bytes())
     }
 
     #[test]
@@ -227,7 +707,7 @@ mod tests {
         let (signer, pem) = keypair();
         let key = parse_public_key(&pem).expect("parses");
         let body = br#"{"id":"e1","type":"cremployee:updated","data":{"entityId":"1"}}"#;
-        let sig = base64::engine::general_purpose::STANDARD.encode(signer.sign(body).to_bytes());
+        let sig = sign(&signer, body);
         assert!(verify_signature(&key, body, &sig));
         assert!(!verify_signature(&key, b"{\"id\":\"e2\"}", &sig));
         assert!(!verify_signature(&key, body, "not base64!"));
@@ -263,87 +743,171 @@ mod tests {
         assert_eq!(entity_for("crvacancy:updated", &synced), None);
         assert_eq!(entity_for("crsomethingelse:updated", &synced), None);
     }
-}
 
-/// How long a connection looked up by the receiver is trusted before it is looked up again.
-const LOOKUP_TTL: Duration = Duration::from_secs(120);
-
-/// What the receiver knows of a connection.
-#[derive(Clone)]
-pub enum Found {
-    /// It syncs: verify with its key, then apply to its sink.
-    Sync(Arc<Registration>),
-    /// It syncs nothing: verify with its key (if its application has one), then acknowledge.
-    KeyOnly(Option<Arc<VerifyingKey<Sha256>>>),
-}
-
-impl Found {
-    fn verifying_key(&self) -> Option<&VerifyingKey<Sha256>> {
-        match self {
-            Found::Sync(reg) => reg.verifying_key.as_ref(),
-            Found::KeyOnly(key) => key.as_deref(),
+    #[test]
+    fn namespaces_are_dns_labels_and_names_dns_subdomains_of_at_most_63_characters() {
+        for good in ["a", "acme", "team-1", "0x", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+            assert!(is_connection_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a/b",
+            "a b",
+            "..",
+            ".",
+            "%2e%2e",
+            "x/carerixconnections?watch=true&z=",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+            assert!(!is_connection_name(bad), "{bad:?}");
+        }
+        assert!(is_connection_name("acme.prod"));
+        assert!(!is_dns_label("acme.prod"), "a namespace has no dots");
+        for bad in ["a..b", ".a", "a.", "a.-b"] {
+            assert!(!is_connection_name(bad), "{bad:?}");
         }
     }
-}
 
-/// Connections this process receives deliveries for but does not reconcile itself: after a
-/// restart before their first reconcile, or on a standby replica (which only reads from Carerix
-/// and writes to the sink; it never writes to Carerix). Resolved from Kubernetes and Carerix,
-/// kept for [`LOOKUP_TTL`], so a rotated key or Secret is picked up.
-#[derive(Clone, Default)]
-pub struct Lookups {
-    cache: Arc<Mutex<HashMap<String, (Instant, Found)>>>,
-}
-
-impl Lookups {
-    /// `Ok(None)` when no such connection exists; `Err` when it could not be resolved now.
-    async fn find(&self, state: &ServerState, ns: &str, name: &str) -> Result<Option<Found>, ()> {
-        let key = format!("{ns}/{name}");
-        if let Some((at, found)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
-            && at.elapsed() < LOOKUP_TTL
-        {
-            return Ok(Some(found.clone()));
+    #[test]
+    fn every_outcome_has_its_own_label_and_unknown_and_forged_look_the_same() {
+        let labels: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels.len(), Outcome::ALL.len());
+        let table = [
+            (Outcome::Accepted, 200),
+            (Outcome::Duplicate, 200),
+            (Outcome::Ignored, 200),
+            (Outcome::InvalidName, 404),
+            (Outcome::RateLimited, 429),
+            (Outcome::Overloaded, 503),
+            (Outcome::Unsigned, 401),
+            (Outcome::SlowBody, 408),
+            (Outcome::TooLarge, 413),
+            (Outcome::UnknownConnection, 401),
+            (Outcome::NoKnownKey, 401),
+            (Outcome::BadSignature, 401),
+            (Outcome::Malformed, 400),
+            (Outcome::Suspended, 503),
+            (Outcome::SetupFailed, 503),
+            (Outcome::SinkUnavailable, 503),
+            (Outcome::CarerixUnavailable, 503),
+            (Outcome::Timeout, 503),
+        ];
+        assert_eq!(table.len(), Outcome::ALL.len());
+        for (outcome, code) in table {
+            assert_eq!(outcome.status().as_u16(), code, "{outcome:?}");
         }
-        let api: kube::Api<CarerixConnection> = kube::Api::namespaced(state.client.clone(), ns);
-        let obj = match api.get_opt(name).await {
-            Ok(Some(obj)) => obj,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                warn!(error = %e, "could not read the connection of a delivery");
-                return Err(());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_signature_check_never_panics_and_never_accepts_a_stranger(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            signature in ".{0,400}",
+        ) {
+            let (_, pem) = shared_keypair();
+            let key = parse_public_key(pem).expect("parses");
+            prop_assert!(!verify_signature(&key, &body, &signature));
+        }
+
+        #[test]
+        fn a_base64_signature_of_the_right_size_but_random_bytes_is_refused(
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            raw in proptest::collection::vec(any::<u8>(), 128..=128),
+        ) {
+            let (_, pem) = shared_keypair();
+            let key = parse_public_key(pem).expect("parses");
+            let sig = base64::engine::general_purpose::STANDARD.encode(raw);
+            prop_assert!(!verify_signature(&key, &body, &sig));
+        }
+
+        #[test]
+        fn no_mutation_of_a_signed_body_verifies(
+            body in proptest::collection::vec(any::<u8>(), 1..256),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            extra in proptest::collection::vec(any::<u8>(), 1..8),
+            kind in 0u8..3,
+        ) {
+            let (signer, pem) = shared_keypair();
+            let key = parse_public_key(pem).expect("parses");
+            let sig = sign(signer, &body);
+            prop_assert!(verify_signature(&key, &body, &sig));
+            let mut mutated = body.clone();
+            let i = at.index(body.len());
+            match kind {
+                0 => mutated[i] ^= flip,
+                1 => mutated.truncate(i),
+                _ => {
+                    for (n, b) in extra.iter().enumerate() {
+                        mutated.insert(i + n, *b);
+                    }
+                }
             }
-        };
-        if obj.spec.suspend {
-            // Suspended: nothing may reach Carerix. Carerix retries the delivery later.
-            return Err(());
+            prop_assert!(!verify_signature(&key, &mutated, &sig));
         }
-        let creds = match controller::read_credentials(
-            &state.client,
-            ns,
-            &obj.spec.credentials_secret_ref.name,
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            _ => return Err(()),
-        };
-        let cx =
-            controller::new_client(&obj.spec, &creds, &state.carerix, &state.rate_limiters, &state.metrics)
-                .map_err(|_| ())?;
-        let apps = controller::our_applications(&cx, &obj).await.map_err(|e| {
-            debug!(reason = e.reason(), "could not find the webhook application of a delivery");
-        })?;
-        let public_key = apps.into_iter().next().and_then(|a| a.public_key);
-        let found = if obj.spec.sync.is_some() {
-            let reg =
-                state.sync.receiver_registration(&obj, &cx, public_key.as_deref()).await.map_err(|e| {
-                    debug!(error = %e, "could not reach the sink of a delivery");
-                })?;
-            Found::Sync(Arc::new(reg))
-        } else {
-            Found::KeyOnly(public_key.as_deref().and_then(parse_public_key).map(Arc::new))
-        };
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (Instant::now(), found.clone()));
-        Ok(Some(found))
+
+        #[test]
+        fn no_mutation_of_a_signature_verifies(
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let (signer, pem) = shared_keypair();
+            let key = parse_public_key(pem).expect("parses");
+            let body = br#"{"id":"e1","type":"cremployee:updated","data":{"entityId":"1"}}"#;
+            let mut raw = signer.sign(body).to_bytes().to_vec();
+            let i = at.index(raw.len());
+            raw[i] ^= flip;
+            let sig = base64::engine::general_purpose::STANDARD.encode(raw);
+            prop_assert!(!verify_signature(&key, body, &sig));
+        }
+
+        #[test]
+        fn the_delivery_parser_never_panics_and_accepts_only_complete_payloads(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            if let Some(d) = parse_delivery(&body) {
+                prop_assert!(!d.id.is_empty() && !d.event_type.is_empty() && !d.data.entity_id.is_empty());
+            }
+        }
+
+        #[test]
+        fn the_delivery_parser_keeps_the_fields_of_any_complete_payload(
+            id in ".{1,40}",
+            event_type in ".{1,40}",
+            entity_id in ".{1,40}",
+            noise in proptest::collection::btree_map("[a-z]{1,8}", ".{0,16}", 0..4),
+        ) {
+            let mut v = serde_json::json!({"id": id, "type": event_type, "data": {"entityId": entity_id}});
+            for (k, n) in &noise {
+                if !["id", "type", "data"].contains(&k.as_str()) {
+                    v[k] = serde_json::json!(n);
+                }
+            }
+            let d = parse_delivery(v.to_string().as_bytes()).expect("complete");
+            prop_assert_eq!(d.id, id);
+            prop_assert_eq!(d.event_type, event_type);
+            prop_assert_eq!(d.data.entity_id, entity_id);
+        }
+
+        #[test]
+        fn names_are_accepted_only_in_dns_form(name in "\\PC{0,80}") {
+            if is_connection_name(&name) {
+                prop_assert!(name.len() <= 63);
+                prop_assert!(name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'));
+                prop_assert!(!name.contains(".."));
+            }
+            if is_dns_label(&name) {
+                prop_assert!(!name.contains('.') && !name.contains('/'));
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `carerix-operator run`: configuration, telemetry, the HTTP server and the controllers.
 //!
-//! One process serves `/healthz`, `/readyz`, `/metrics` and the webhook receiver on one port,
-//! and runs one controller per watched namespace (or one for all namespaces). With leader
+//! One process serves the webhook receiver on one port and `/healthz`, `/readyz`, `/metrics` on
+//! another, and runs one controller per watched namespace (or one for all namespaces). With leader
 //! election on, only the leader runs the controllers, so only it writes to Carerix.
 
 use std::{
@@ -36,7 +36,8 @@ use crate::{
     controller::{self, Context, Settings, backoff::BackoffPolicy},
     leader::{LeaderElection, LeaseSettings},
     metrics::Metrics,
-    server::{self, ServerState},
+    receiver::{Connections, Limits, Parts as ReceiverParts, Receiver},
+    server::{self, ProbeState},
     sync::SyncManager,
 };
 
@@ -66,7 +67,7 @@ pub struct RunArgs {
     #[arg(long, env = "RECEIVER_BASE_URL")]
     pub receiver_base_url: Option<String>,
 
-    /// Address of the HTTP server (health, readiness, metrics, receiver).
+    /// Address of the public webhook receiver (`POST /webhooks/{namespace}/{name}`).
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
@@ -127,6 +128,20 @@ pub struct RunArgs {
     /// (e.g. `http://127.0.0.1:*` for a local emulator).
     #[arg(long, env = "ALLOWED_CARERIX_HOSTS", default_value = controller::allowed_hosts::DEFAULT_ALLOWED_HOSTS)]
     pub allowed_carerix_hosts: controller::allowed_hosts::AllowedHosts,
+
+    /// Address of the probe and metrics server (`/healthz`, `/readyz`, `/metrics`), kept apart
+    /// from the public receiver so that a flood there cannot fail liveness.
+    #[arg(long, env = "PROBE_LISTEN_ADDR", default_value = "0.0.0.0:8081")]
+    pub probe_listen: SocketAddr,
+
+    /// Webhook deliveries accepted per second per connection (bursts of twice that pass);
+    /// more are answered 429 and Carerix retries them.
+    #[arg(long, env = "RECEIVER_RATE_LIMIT", default_value_t = 50)]
+    pub receiver_rate_limit: u32,
+
+    /// Webhook deliveries served at once; more are answered 503 at once.
+    #[arg(long, env = "RECEIVER_CONCURRENCY", default_value_t = 256)]
+    pub receiver_concurrency: usize,
 }
 
 /// Errors that stop the operator.
@@ -239,26 +254,56 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // Without leader election this replica always leads.
     let leading = Arc::new(AtomicBool::new(!args.leader_elect));
     let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
-    let state = ServerState {
+    // Every replica, leader or standby, keeps the connections in memory for the receiver.
+    let (connections, watch_connections) = Connections::watch(&client, &args.namespaces);
+    let connections_task = tokio::spawn(watch_connections);
+    let defaults = Limits::default();
+    let receiver = Receiver::new(ReceiverParts {
         client: client.clone(),
+        metrics: metrics.clone(),
+        sync: sync.clone(),
+        connections,
+        carerix: settings.clone(),
+        rate_limiters,
+        reconcile: reconcile_tx.clone(),
+        leading: leading.clone(),
+        limits: Limits {
+            rate_per_second: std::num::NonZeroU32::new(args.receiver_rate_limit)
+                .unwrap_or(defaults.rate_per_second),
+            max_concurrency: args.receiver_concurrency.max(1),
+            ..defaults
+        },
+    });
+    let probes = ProbeState {
         metrics: metrics.clone(),
         ready: ready.clone(),
         alive: alive.clone(),
         leader_election: args.leader_elect,
         leading: leading.clone(),
-        sync: sync.clone(),
-        lookups: crate::receiver::Lookups::default(),
-        carerix: settings.clone(),
-        rate_limiters,
-        reconcile: reconcile_tx.clone(),
+        receiver: receiver.clone(),
     };
     // The sync asks for a reconcile when its initial pass ends or its health changes.
     sync.set_reconcile_trigger(reconcile_tx);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Serve { addr: args.listen, source })?;
-    info!(addr = %args.listen, "serving /healthz, /readyz, /metrics and /webhooks");
-    let server = tokio::spawn(server::serve(listener, state, shutdown_rx.clone()));
+    let probe_listener = tokio::net::TcpListener::bind(args.probe_listen)
+        .await
+        .map_err(|source| Error::Serve { addr: args.probe_listen, source })?;
+    info!(addr = %args.listen, probes = %args.probe_listen, "serving /webhooks, and /healthz, /readyz, /metrics");
+    let header_timeout = receiver.limits().header_read_timeout;
+    let server = tokio::spawn(server::serve(
+        listener,
+        server::receiver_router(receiver),
+        header_timeout,
+        shutdown_rx.clone(),
+    ));
+    let probe_server = tokio::spawn(server::serve(
+        probe_listener,
+        server::probe_router(probes),
+        header_timeout,
+        shutdown_rx.clone(),
+    ));
 
     let signal = tokio::spawn({
         let tx = shutdown_tx.clone();
@@ -321,6 +366,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let _ = shutdown_tx.send(true);
     sync.shutdown().await;
     signal.abort();
+    connections_task.abort();
+    let _ = probe_server.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(source)) => {

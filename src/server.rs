@@ -1,32 +1,40 @@
-//! The HTTP server: `/healthz`, `/readyz`, `/metrics` and the webhook receiver.
+//! The HTTP servers: the public receiver, and probes and metrics on a port of their own.
 //!
-//! `/healthz` answers 200 while the controller loop runs; `/readyz` only once the caches have
-//! synced; `/metrics` serves the Prometheus text format. The receiver
-//! (`POST /webhooks/{namespace}/{name}`) lives in `crate::receiver`.
+//! The receiver (`POST /webhooks/{namespace}/{name}`, in `crate::receiver`) faces the internet:
+//! it reads headers and bodies under timeouts, serves a bounded number of requests at once
+//! (more get 503 at once) and limits requests per connection. The probe server answers
+//! `/healthz` (200 while the controller loop runs), `/readyz` (once the caches have synced) and
+//! `/metrics` (Prometheus text format); a flood on the receiver cannot fail liveness.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::{
     Router,
+    error_handling::HandleErrorLayer,
     extract::State,
     http::{StatusCode, header},
     response::IntoResponse,
     routing::{get, post},
 };
-use futures::channel::mpsc::UnboundedSender;
-use kube::{Client, runtime::reflector::ObjectRef};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tracing::debug;
 
-use crate::{api::CarerixConnection, carerix::RateLimiters, metrics::Metrics, sync::SyncManager};
+use crate::{
+    metrics::Metrics,
+    receiver::{Outcome, Receiver},
+};
 
-/// What the handlers share.
+/// What the probe handlers share.
 #[derive(Clone)]
-pub struct ServerState {
-    /// Kubernetes client (the receiver reads connections and Secrets).
-    pub client: Client,
+pub struct ProbeState {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Caches synced.
@@ -37,46 +45,93 @@ pub struct ServerState {
     pub leader_election: bool,
     /// This replica holds the lease (always true without leader election).
     pub leading: Arc<AtomicBool>,
-    /// The data sync, which applies deliveries.
-    pub sync: Arc<SyncManager>,
-    /// Connections the receiver looked up itself.
-    pub lookups: crate::receiver::Lookups,
-    /// Timeout and retries of the receiver's Carerix clients.
-    pub carerix: crate::controller::Settings,
-    /// Per-tenant rate limiters.
-    pub rate_limiters: RateLimiters,
-    /// Asks the controller to reconcile a connection.
-    pub reconcile: UnboundedSender<ObjectRef<CarerixConnection>>,
+    /// The receiver, whose informer cache must be synced too.
+    pub receiver: Receiver,
 }
 
-/// The router.
-pub fn router(state: ServerState) -> Router {
+/// The receiver's router: only `POST /webhooks/{namespace}/{name}`.
+pub fn receiver_router(receiver: Receiver) -> Router {
+    let limits = receiver.limits().clone();
+    let on_overload = {
+        let receiver = receiver.clone();
+        move |_: tower::BoxError| {
+            let receiver = receiver.clone();
+            async move { receiver.answer(Outcome::Overloaded) }
+        }
+    };
+    Router::new()
+        .route("/webhooks/{namespace}/{name}", post(crate::receiver::receive))
+        .with_state(receiver)
+        .layer(
+            ServiceBuilder::new()
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    limits.request_timeout,
+                ))
+                .layer(HandleErrorLayer::new(on_overload))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrency)),
+        )
+}
+
+/// The probe router: `/healthz`, `/readyz`, `/metrics`.
+pub fn probe_router(state: ProbeState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/webhooks/{namespace}/{name}", post(crate::receiver::receive))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::receiver::MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves `router` on `listener` until `shutdown` turns true, then waits for the requests in
+/// flight. HTTP/1.1 only; a connection that does not send a request's headers within
+/// `header_read_timeout` (including an idle kept-alive one) is closed.
 ///
 /// # Errors
-/// Fails when the listener fails.
+/// Never: failed accepts are retried, failed connections only end themselves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: ServerState,
+    router: Router,
+    header_read_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    debug!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "an HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
-async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
+/// Resolves when `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+async fn healthz(State(state): State<ProbeState>) -> impl IntoResponse {
     if state.alive.load(Ordering::SeqCst) {
         (StatusCode::OK, "ok")
     } else {
@@ -84,8 +139,10 @@ async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::SeqCst) {
+async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
+    if !state.receiver.connections().is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "receiver cache not synced yet")
+    } else if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
     } else if state.leader_election && !state.leading.load(Ordering::SeqCst) {
         // A standby is ready to take over; it must not hold up rollouts.
@@ -95,7 +152,7 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+async fn metrics(State(state): State<ProbeState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),

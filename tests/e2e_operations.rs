@@ -222,7 +222,14 @@ async fn health_readiness_and_metrics_reflect_the_running_operator() {
         .send()
         .await
         .expect("the receiver answers");
-    assert_eq!(unknown.status().as_u16(), 404, "a delivery for a connection that does not exist");
+    assert_eq!(
+        unknown.status().as_u16(),
+        401,
+        "a delivery for a connection that does not exist looks like a bad signature"
+    );
+    // Probes and metrics have their own port: the public receiver serves none of them.
+    let on_receiver = reqwest::get(format!("http://127.0.0.1:{}/metrics", op.port)).await.expect("answers");
+    assert_eq!(on_receiver.status().as_u16(), 404, "/metrics is not served on the receiver's port");
     assert_eq!(op.get("/readyz").await.map(|r| r.0), Some(200));
     let (status, text) = op.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);

@@ -127,6 +127,7 @@ pub fn webhooks_part(desired: usize, report: &WebhooksReport) -> (Part, Webhooks
         application_id: report.application_id.clone(),
         summary: Some(format!("{ready}/{desired}")),
         items: report.states.clone(),
+        public_key: report.public_key.clone(),
     };
     if desired == 0 {
         return (Part::ok(Reason::NoWebhooks, "no webhooks configured"), status);

@@ -75,6 +75,7 @@ fn with_status(mut obj: CarerixConnection, report: &webhooks::WebhooksReport) ->
             application_id: report.application_id.clone(),
             summary: None,
             items: report.states.clone(),
+            public_key: report.public_key.clone(),
         }),
         ..CarerixConnectionStatus::default()
     });

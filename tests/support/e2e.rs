@@ -38,8 +38,10 @@ pub async fn emulator(tenants: &[(&str, bool)], clients: &[(&str, &str, &str)]) 
 /// The operator, running as its own process until dropped.
 pub struct Operator {
     child: Option<Child>,
-    /// Port of its HTTP server.
+    /// Port of its webhook receiver.
     pub port: u16,
+    /// Port of its probe and metrics server.
+    pub probe_port: u16,
     /// Its log file.
     pub log: PathBuf,
     args: Vec<String>,
@@ -62,10 +64,13 @@ impl Operator {
     /// The same with another identity's kubeconfig.
     pub fn start_with_kubeconfig(kubeconfig: PathBuf, namespaces: &[&str], extra: &[&str]) -> Operator {
         let port = free_port();
+        let probe_port = free_port();
         let mut args = vec![
             "run".to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
+            "--probe-listen".into(),
+            format!("127.0.0.1:{probe_port}"),
             "--receiver-base-url".into(),
             format!("http://127.0.0.1:{port}"),
             "--backoff-base-seconds".into(),
@@ -83,7 +88,7 @@ impl Operator {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::env::temp_dir().join(format!("carerix-operator-{port}.log"));
-        let mut op = Operator { child: None, port, log, args, kubeconfig };
+        let mut op = Operator { child: None, port, probe_port, log, args, kubeconfig };
         op.spawn();
         op
     }
@@ -152,9 +157,9 @@ impl Operator {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// GET a path of its HTTP server.
+    /// GET a path of its probe and metrics server (`/healthz`, `/readyz`, `/metrics`).
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.ok()?;
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.probe_port)).await.ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.text().await.unwrap_or_default()))
     }
