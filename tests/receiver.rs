@@ -97,6 +97,7 @@ impl Harness {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn a_signed_delivery_updates_the_row_within_seconds() {
     let h = harness(&postgres_url(), "rx_update", |_| {}).await;
     h.webhook(&h.receiver_url());
@@ -113,6 +114,7 @@ async fn a_signed_delivery_updates_the_row_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn a_bad_signature_is_refused_with_401_and_changes_nothing() {
     let h = harness(&postgres_url(), "rx_badsig", |_| {}).await;
     let id = h.candidate(4);
@@ -162,6 +164,7 @@ async fn capture_server() -> (String, Captured) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn a_replayed_event_id_is_applied_once() {
     let h = harness(&postgres_url(), "rx_replay", |_| {}).await;
     let (url, got) = capture_server().await;
@@ -208,6 +211,7 @@ async fn a_replayed_event_id_is_applied_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn with_the_sink_down_a_delivery_gets_503_and_carerix_retry_lands_it_later() {
     let pg = OwnPostgres::start("rx-pg-stop");
     let h = harness(&pg.url, "rx_down", |c| {
@@ -246,6 +250,7 @@ async fn with_the_sink_down_a_delivery_gets_503_and_carerix_retry_lands_it_later
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn a_burst_of_events_is_coalesced_and_stays_within_the_tenant_rate_limit() {
     let h = harness(&postgres_url(), "rx_burst", |_| {}).await;
     h.webhook(&h.receiver_url());
