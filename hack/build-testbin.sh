@@ -57,7 +57,7 @@ build() { # build <name> <module dir> <package> [ldflags]
   if have "$name" && [[ "$(cat "$TESTBIN_DIR/.$name.source" 2>/dev/null)" == "$stamp" ]]; then
     log "$name: cached in $TESTBIN_DIR"; return
   fi
-  log "$name: building $pkg (a cold build of the control plane takes minutes)"
+  log "$name: building $pkg in hack/testbin/$dir (a cold build of the control plane takes minutes)"
   local t0; t0=$(date +%s)
   (cd "$here/testbin/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$TESTBIN_DIR/$name.tmp.$$" "$pkg")
   mv -f "$TESTBIN_DIR/$name.tmp.$$" "$TESTBIN_DIR/$name"
