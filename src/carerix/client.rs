@@ -150,12 +150,6 @@ impl CarerixClientBuilder {
         self
     }
 
-    /// TCP/TLS connect timeout (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
     /// Whole-request timeout (default 30 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -165,12 +159,6 @@ impl CarerixClientBuilder {
     /// Alias of [`CarerixClientBuilder::request_timeout`].
     pub fn timeout(self, timeout: Duration) -> Self {
         self.request_timeout(timeout)
-    }
-
-    /// The `User-Agent` (default [`DEFAULT_USER_AGENT`]).
-    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
-        self.user_agent = user_agent.into();
-        self
     }
 
     /// A shared rate limiter, usually [`RateLimiters::for_tenant`](super::RateLimiters::for_tenant).
@@ -347,11 +335,6 @@ impl CarerixClient {
     /// [`Error::RealmNotFound`], [`Error::Token`], [`Error::Transport`], [`Error::Decode`].
     pub async fn token_info(&self) -> Result<TokenInfo> {
         self.inner.tokens.info(&self.inner.http, self.inner.observer.as_ref()).await
-    }
-
-    /// Forgets the cached access token; the next request fetches a new one.
-    pub async fn clear_token(&self) {
-        self.inner.tokens.clear().await;
     }
 
     /// Sends `request` through the pipeline (token, rate limit, 401 retry, retries).
