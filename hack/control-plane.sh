@@ -79,7 +79,7 @@ start() {
     echo "export KUBECONFIG=$DIR/kubeconfig"; return
   fi
   [[ -d "$DIR" ]] && stop
-  local bin; bin="$("$here/build-testbin.sh" | tail -n 1)"
+  local bin; bin="$("$here/build-testbin.sh" etcd kube-apiserver kubectl | tail -n 1)"
   mkdir -p "$DIR/pki" "$DIR/etcd"
   local etcd_port peer_port port
   etcd_port=$(free_port); peer_port=$(free_port); port=$(free_port)

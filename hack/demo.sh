@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a real control plane, the Carerix emulator, PostgreSQL and the operator; the example
-# applied; Ready awaited; the status and the synced rows shown.
+# applied against the emulator; Ready awaited; the status and the synced rows shown.
+# Builds every binary it runs (cargo build --workspace --bins; the control plane with Go on first
+# use), checks that each component started and stops with the reason as soon as one did not, and
+# prints how long each step took.
 #
 #   hack/demo.sh          run the demo, print the results, stop everything
 #   hack/demo.sh --keep   the same, then keep everything running until Ctrl-C (prints how to use it)
@@ -8,6 +11,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 keep=false; [[ "${1:-}" == "--keep" ]] && keep=true
+# shellcheck source=hack/prereqs.sh
+source "$here/prereqs.sh"
+check_prereqs
 
 run_dir="${DEMO_DIR:-/tmp/carerix-operator-demo}"
 pids=()
@@ -18,22 +24,42 @@ cleanup() {
   "$here/postgres.sh" stop "$run_dir/pg" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
-say() { printf '\n== %s\n' "$*"; }
+
+# Each step says what it does and, when the next one starts, how long it took.
+demo_started=$(date +%s) step_name="" step_started=0 timings=()
+end_step() {
+  [[ -n "$step_name" ]] || return 0
+  local took=$(( $(date +%s) - step_started ))
+  timings+=("$(printf '%4ss  %s' "$took" "$step_name")")
+  printf '   (%ss)\n' "$took"
+  step_name=""
+}
+say() { end_step; step_name="$*"; step_started=$(date +%s); printf '\n== %s\n' "$*"; }
+fail() { # fail WHAT [LOG]: stop the demo with a message and the end of the log that explains it
+  printf '\nFAILED: %s\n' "$1" >&2
+  if [[ -n "${2:-}" && -f "$2" ]]; then printf -- '--- last lines of %s\n' "$2" >&2; tail -n 30 "$2" >&2; fi
+  exit 1
+}
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 
-say "building carerix-operator and carerix-sim"
-cargo build --bins --quiet
-target="${CARGO_TARGET_DIR:-target}/debug"
+say "building carerix-operator and carerix-sim (cargo build --workspace --bins)"
+cargo build --workspace --bins --quiet || fail "cargo build failed (see above)"
+target_root="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')"
+target="$target_root/debug"
+for bin in carerix-operator carerix-sim; do
+  [[ -x "$target/$bin" ]] || fail "cargo build did not produce $target/$bin"
+done
 
-say "starting the control plane (kube-apiserver + etcd; built once, then cached)"
+say "starting the control plane (kube-apiserver + etcd; built from Go on first use, then cached)"
 mkdir -p "$run_dir" && chmod 755 "$run_dir"
-cp_env="$("$here/control-plane.sh" start "$run_dir/cp")"
+cp_env="$("$here/control-plane.sh" start "$run_dir/cp")" \
+  || fail "the control plane did not start (the reason is above; hack/build-testbin.sh builds it alone)"
 eval "$cp_env"
 testbin="$(cat "$run_dir/cp/bin")"
 kubectl() { "$testbin/kubectl" "$@"; }
 
 say "starting PostgreSQL"
-pg_env="$("$here/postgres.sh" start "$run_dir/pg")"
+pg_env="$("$here/postgres.sh" start "$run_dir/pg")" || fail "PostgreSQL did not start (the reason is above)"
 eval "$pg_env"
 pg_url="$CARERIX_TEST_POSTGRES_URL"
 
@@ -41,18 +67,39 @@ say "starting the Carerix emulator (tenant acme, client demo-client, webhooks ac
 sim_port=$(free_port)
 "$target/carerix-sim" --listen "127.0.0.1:$sim_port" --tenant acme --client acme:demo-client:demo-secret \
   --webhooks-activated --records 300 >"$run_dir/sim.out" 2>"$run_dir/sim.log" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q "listening on" "$run_dir/sim.out" 2>/dev/null && break; sleep 0.2; done
-sim_url="$(sed -n 's/^carerix-sim listening on //p' "$run_dir/sim.out")"
+sim_pid=$!
+pids+=("$sim_pid")
+sim_url=""
+for _ in $(seq 1 100); do
+  sim_url="$(sed -n 's/^carerix-sim listening on //p' "$run_dir/sim.out" 2>/dev/null)"
+  [[ -n "$sim_url" ]] && break
+  kill -0 "$sim_pid" 2>/dev/null || break
+  sleep 0.2
+done
+[[ -n "$sim_url" ]] || fail "the Carerix emulator did not start" "$run_dir/sim.log"
 echo "carerix-sim at $sim_url"
 
 say "installing the CRD and starting the operator"
-kubectl apply --server-side -f crds/ >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/carerixconnections.hiredata.io >/dev/null
+kubectl apply --server-side -f crds/ >/dev/null || fail "the CRD could not be installed"
+kubectl wait --for=condition=Established --timeout=60s crd/carerixconnections.hiredata.io >/dev/null \
+  || fail "the CRD was not established within 60s"
 op_port=$(free_port)
-"$target/carerix-operator" run --kubeconfig "$KUBECONFIG" --listen "127.0.0.1:$op_port" \
+# The emulator speaks plain http on loopback: allow exactly it as the Carerix host.
+ALLOWED_CARERIX_HOSTS="http://127.0.0.1:$sim_port" \
+  "$target/carerix-operator" run --kubeconfig "$KUBECONFIG" --listen "127.0.0.1:$op_port" \
   --receiver-base-url "http://127.0.0.1:$op_port" >"$run_dir/operator.log" 2>&1 &
-pids+=($!)
+op_pid=$!
+pids+=("$op_pid")
+ready=false
+for _ in $(seq 1 150); do
+  kill -0 "$op_pid" 2>/dev/null || break
+  if [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$op_port/readyz" || true)" == 200 ]]; then
+    ready=true; break
+  fi
+  sleep 0.2
+done
+$ready || fail "the operator did not become ready on http://127.0.0.1:$op_port/readyz" "$run_dir/operator.log"
+echo "carerix-operator ready on http://127.0.0.1:$op_port (log: $run_dir/operator.log)"
 
 say "applying the example: Secrets and a CarerixConnection"
 kubectl create namespace recruiting --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -84,10 +131,9 @@ spec:
 YAML
 
 say "waiting for Ready (kubectl wait --for=condition=Ready)"
-if ! kubectl -n recruiting wait --for=condition=Ready cxc/acme --timeout=300s; then
+if ! kubectl -n recruiting wait --for=condition=Ready cxc/acme --timeout=180s; then
   kubectl -n recruiting get cxc acme -o yaml
-  echo "--- operator log"; tail -40 "$run_dir/operator.log"
-  exit 1
+  fail "the connection did not become Ready within 180s" "$run_dir/operator.log"
 fi
 
 say "kubectl get cxc -o wide"
@@ -105,9 +151,20 @@ psql_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql"
 "$psql_bin" "$pg_url" -c "select id, record->>'firstName' as first_name, record->>'lastName' as last_name, modification_date
   from carerix.candidates where not deleted order by modification_date desc limit 5"
 
+end_step
+printf '\n== time per step\n'
+printf '%s\n' "${timings[@]}"
+printf '%4ss  in all\n' "$(( $(date +%s) - demo_started ))"
+
+if [[ -x "$target/kubectl-carerix" ]]; then
+  printf '\n== the kubectl plugin (kubectl-carerix)%s\n' "$($keep || echo ': run hack/demo.sh --keep, then')"
+  echo "PATH=\"$target:$testbin:\$PATH\" KUBECONFIG=$KUBECONFIG kubectl carerix --help"
+fi
+
 if $keep; then
-  say "running; Ctrl-C stops everything"
-  echo "export KUBECONFIG=$KUBECONFIG"
+  printf '\n== running; Ctrl-C stops everything\n'
+
+  echo "export KUBECONFIG=$KUBECONFIG PATH=\"$testbin:\$PATH\"   # the kubectl matching the server"
   echo "kubectl -n recruiting get cxc -w"
   echo "psql '$pg_url'"
   echo "emulator admin API: $sim_url/admin/v1 (see carerix-sim --help)"

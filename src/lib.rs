@@ -7,6 +7,7 @@
 //! - [`sync`]: the data sync into PostgreSQL; [`receiver`]: inbound webhook deliveries.
 //! - [`run`], [`server`], [`leader`], [`metrics`]: the running process.
 //! - [`crdgen`]: the CRD YAML as shipped in `crds/`.
+//! - [`backoff`]: the exponential backoff the reconciler, the client and the sync share.
 
 pub mod api;
 pub mod carerix;
@@ -20,3 +21,5 @@ pub mod receiver;
 pub mod run;
 pub mod server;
 pub mod sync;
+
+pub mod backoff;

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served as text at `/metrics`.
 //!
 //! Names are prefixed `carerix_operator_`. Labels never carry secrets; per-connection series use
-//! `namespace` and `name`. The list with meanings is in the README.
+//! `namespace` and `name`. The list with meanings is in docs/options.md.
 
 use std::{
     sync::Arc,

@@ -178,15 +178,33 @@ pub enum Error {
     Sync(#[source] crate::sync::Error),
 }
 
-/// Sets up logging. Call once.
+/// Sets up logging to stderr. Call once. Text is coloured only when stderr is a terminal (and
+/// `NO_COLOR` is not set), so a log file or a log collector gets plain lines; JSON never is.
 pub fn init_tracing(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let colour = std::io::stderr().is_terminal() && !no_color;
+    let _ = log_subscriber(format, level, std::io::stderr, colour).try_init();
+}
+
+/// The subscriber [`init_tracing`] installs, writing to `writer`.
+fn log_subscriber<W>(
+    format: LogFormat,
+    level: &str,
+    writer: W,
+    colour: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).with_ansi(false).finish()),
+        LogFormat::Text => Box::new(builder.with_ansi(colour).finish()),
+    }
 }
 
 async fn kube_client(args: &RunArgs) -> Result<Client, Error> {
@@ -497,4 +515,66 @@ async fn run_controllers(
         }
     });
     join_all(runs).await;
+}
+
+#[cfg(test)]
+mod log_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{LogFormat, log_subscriber};
+
+    /// Everything written to it, as a log file would hold it.
+    #[derive(Clone, Default)]
+    struct LogFile(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogFile {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("the log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for LogFile {
+        type Writer = LogFile;
+        fn make_writer(&'w self) -> LogFile {
+            self.clone()
+        }
+    }
+
+    fn log_one_line(format: LogFormat, colour: bool) -> String {
+        let file = LogFile::default();
+        let subscriber = log_subscriber(format, "info", file.clone(), colour);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(connection = "recruiting/acme", "Carerix rate limit reached");
+        });
+        let bytes = file.0.lock().expect("the log buffer").clone();
+        String::from_utf8(bytes).expect("UTF-8 log")
+    }
+
+    #[test]
+    fn a_log_written_to_a_file_has_no_colour_codes() {
+        let line = log_one_line(LogFormat::Text, false);
+        assert!(line.contains("Carerix rate limit reached"), "{line}");
+        assert!(line.contains("connection=\"recruiting/acme\""), "{line}");
+        assert!(!line.contains('\x1b'), "colour codes in {line:?}");
+    }
+
+    #[test]
+    fn a_log_on_a_terminal_is_coloured() {
+        let line = log_one_line(LogFormat::Text, true);
+        assert!(line.contains('\x1b'), "no colour codes in {line:?}");
+    }
+
+    #[test]
+    fn json_logs_are_one_plain_json_object_per_line_even_on_a_terminal() {
+        let line = log_one_line(LogFormat::Json, true);
+        assert!(!line.contains('\x1b'), "colour codes in {line:?}");
+        let event: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON object");
+        assert_eq!(event["message"], "Carerix rate limit reached");
+        assert_eq!(event["connection"], "recruiting/acme");
+        assert_eq!(event["level"], "WARN");
+    }
 }

@@ -47,6 +47,7 @@ fn user_kubeconfig(cp: &ControlPlane, user: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane and helm: hack/test.sh"]
 async fn the_operator_works_under_the_charts_service_account_and_is_refused_outside_its_role() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -113,6 +114,7 @@ async fn the_operator_works_under_the_charts_service_account_and_is_refused_outs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it_dies() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -196,6 +198,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn health_readiness_and_metrics_reflect_the_running_operator() {
     let cp = control_plane();
     let client = cp.client().await;

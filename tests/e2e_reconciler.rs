@@ -81,6 +81,7 @@ async fn start(prefix: &str, activated: bool) -> (kube::Client, carerix_sim::Sim
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn a_secret_and_a_connection_become_ready_with_the_webhooks_in_carerix() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -144,6 +145,7 @@ async fn a_secret_and_a_connection_become_ready_with_the_webhooks_in_carerix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn a_missing_secret_says_so_and_creating_it_makes_the_connection_ready() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -166,6 +168,7 @@ async fn a_missing_secret_says_so_and_creating_it_makes_the_connection_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn a_wrong_secret_stalls_with_invalid_client_and_rotating_it_recovers() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -207,6 +210,7 @@ async fn a_wrong_secret_stalls_with_invalid_client_and_rotating_it_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn webhooks_not_activated_explains_what_to_do_and_a_requested_reconcile_recovers() {
     let (client, sim, ns, _op) = start("notactivated", false).await;
     let webhooks = json!([{"name": "m", "events": ["crmatch:created"], "url": "https://x.example.com/h"}]);
@@ -238,6 +242,7 @@ async fn webhooks_not_activated_explains_what_to_do_and_a_requested_reconcile_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_are_untouched() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -316,6 +321,7 @@ async fn drift_in_carerix_is_repaired_with_an_event_and_other_clients_webhooks_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn a_spec_change_replaces_the_affected_webhook_and_observed_generation_follows() {
     let (client, sim, ns, _op) = start("change", true).await;
     let url = sim.base_url().to_string();
@@ -357,6 +363,7 @@ async fn a_spec_change_replaces_the_affected_webhook_and_observed_generation_fol
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn deletion_removes_our_webhooks_and_orphan_leaves_them() {
     let (client, sim, ns, _op) = start("delete", true).await;
     let url = sim.base_url().to_string();
@@ -380,6 +387,7 @@ async fn deletion_removes_our_webhooks_and_orphan_leaves_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn revoked_credentials_block_cleanup_and_switching_to_orphan_finishes_the_deletion() {
     let (client, sim, ns, _op) = start("blocked", true).await;
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
@@ -413,6 +421,7 @@ async fn revoked_credentials_block_cleanup_and_switching_to_orphan_finishes_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn a_suspended_connection_sends_nothing_to_carerix_and_can_still_be_deleted() {
     let (client, sim, ns, _op) = start("suspend", true).await;
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
@@ -434,6 +443,7 @@ async fn a_suspended_connection_sends_nothing_to_carerix_and_can_still_be_delete
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn carerix_errors_back_off_with_a_reason_that_says_so_and_recover() {
     let cp = control_plane();
     let client = cp.client().await;
@@ -470,6 +480,7 @@ async fn carerix_errors_back_off_with_a_reason_that_says_so_and_recover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn in_steady_state_neither_the_status_nor_carerix_is_written() {
     let (client, sim, ns, _op) = start("steady", true).await;
     let hooks = json!([{"name": "a", "events": ["crmatch:created"], "url": "https://x.example.com/a"}]);
@@ -494,6 +505,7 @@ async fn in_steady_state_neither_the_status_nor_carerix_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn a_restarted_operator_adopts_what_exists_without_duplicates() {
     let (client, sim, ns, mut op) = start("restart", true).await;
     let hooks = json!([
@@ -513,6 +525,7 @@ async fn a_restarted_operator_adopts_what_exists_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: hack/test.sh"]
 async fn two_tenants_and_a_bad_connection_do_not_disturb_each_other() {
     let cp = control_plane();
     let client = cp.client().await;

@@ -15,6 +15,7 @@ fn fields(k: &str, v: &str) -> Map<String, serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn a_full_sync_of_every_entity_ends_with_the_sink_equal_to_carerix() {
     let sim = sim(250, |_| {}).await;
     let t = target(&sim, &postgres_url(), "full").await;
@@ -33,6 +34,7 @@ async fn a_full_sync_of_every_entity_ends_with_the_sink_equal_to_carerix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn records_changed_created_and_deleted_during_the_sync_are_neither_skipped_nor_stale() {
     let sim = sim(600, |_| {}).await;
     let t = target(&sim, &postgres_url(), "churn").await;
@@ -91,6 +93,7 @@ async fn records_changed_created_and_deleted_during_the_sync_are_neither_skipped
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn more_records_in_one_second_than_a_page_and_the_repeated_autumn_hour_are_all_synced() {
     let sim = sim(300, |c| c.same_second_burst = 250).await;
     let records = sim.sim().list_records(TENANT, sim_entity(Entity::Candidates)).expect("records");
@@ -126,6 +129,7 @@ async fn more_records_in_one_second_than_a_page_and_the_repeated_autumn_hour_are
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn soft_and_hard_deletes_end_up_marked_deleted() {
     let sim = sim(120, |_| {}).await;
     let t = target(&sim, &postgres_url(), "deletes").await;
@@ -155,6 +159,7 @@ async fn soft_and_hard_deletes_end_up_marked_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn a_sync_killed_mid_way_resumes_where_it_was_reading_at_most_one_page_twice() {
     let sim = sim(1000, |_| {}).await;
     let t = target(&sim, &postgres_url(), "resume").await;
@@ -189,6 +194,7 @@ async fn a_sync_killed_mid_way_resumes_where_it_was_reading_at_most_one_page_twi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: hack/test.sh"]
 async fn postgresql_stopped_mid_sync_reports_sink_unavailable_and_the_sync_resumes_when_it_is_back() {
     let pg = OwnPostgres::start("sync-pg-stop");
     let sim = sim(1500, |_| {}).await;

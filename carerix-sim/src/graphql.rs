@@ -439,7 +439,7 @@ mod tests {
 
     /// Every type, field and argument of our SDL exists with the same type in the real schema.
     #[test]
-    fn our_schema_is_a_subset_of_the_real_carerix_schema() {
+    fn our_schema_is_a_subset_of_the_real_carerix_schema_read_from_shared_carerix_schema_graphql() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/carerix/schema.graphql");
         let Ok(real_sdl) = std::fs::read_to_string(&path) else {

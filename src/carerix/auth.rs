@@ -219,11 +219,6 @@ impl TokenSource {
         }
     }
 
-    /// Drops the cached token unconditionally.
-    pub(crate) async fn clear(&self) {
-        *self.cache.lock().await = None;
-    }
-
     #[tracing::instrument(skip_all, fields(tenant = %self.tenant, operation = "token"))]
     async fn fetch(&self, http: &reqwest::Client, observer: &dyn Observer) -> Result<CachedToken> {
         let first = if self.use_post.load(Ordering::Relaxed) { AuthMethod::Post } else { AuthMethod::Basic };

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng as _;
 use reqwest::Method;
 use tracing::{debug, instrument};
 use url::Url;
@@ -23,6 +22,7 @@ use super::graphql::GraphQlHandler;
 use super::observer::{NoopObserver, Observer};
 use super::rate_limit::RateLimiter;
 use super::webhooks::WebhooksHandler;
+use crate::backoff::BackoffPolicy;
 
 /// Default identity provider (the tenant's `id-*` shard must often be configured instead).
 pub const DEFAULT_IDENTITY_URL: &str = "https://id.carerix.io";
@@ -36,10 +36,8 @@ pub const DEFAULT_USER_AGENT: &str = concat!("carerix-operator/", env!("CARGO_PK
 pub struct RetryPolicy {
     /// Retries after the first attempt; 0 disables retrying.
     pub max_retries: u32,
-    /// Backoff before the first retry; doubled for each further retry.
-    pub initial_backoff: Duration,
-    /// Upper bound of the exponential backoff.
-    pub max_backoff: Duration,
+    /// The delay before each retry: the operator's one backoff (doubling, ±20% jitter).
+    pub backoff: BackoffPolicy,
     /// A `Retry-After` longer than this is not waited for in the client: the error is returned
     /// at once so the caller can requeue.
     pub max_retry_after: Duration,
@@ -49,8 +47,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_retries: 3,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
+            backoff: BackoffPolicy { base: Duration::from_millis(200), max: Duration::from_secs(5) },
             max_retry_after: Duration::from_secs(30),
         }
     }
@@ -63,25 +60,13 @@ impl RetryPolicy {
     }
 
     /// The delay before retry number `retry` (0-based), or `None` if Carerix asked for a wait
-    /// longer than [`RetryPolicy::max_retry_after`].
-    ///
-    /// The exponential part is `initial_backoff * 2^retry` capped at `max_backoff`, with jitter
-    /// drawn from its upper half; a `Retry-After` raises the delay to at least that.
+    /// longer than [`RetryPolicy::max_retry_after`]; a shorter `Retry-After` raises the delay to
+    /// at least that.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Option<Duration> {
         if retry_after.is_some_and(|r| r > self.max_retry_after) {
             return None;
         }
-        let exp =
-            self.initial_backoff.saturating_mul(2u32.saturating_pow(retry.min(16))).min(self.max_backoff);
-        let half = exp / 2;
-        let jitter = if half.is_zero() {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(
-                rand::rng().random_range(0..=u64::try_from(half.as_nanos()).unwrap_or(u64::MAX)),
-            )
-        };
-        Some((half + jitter).max(retry_after.unwrap_or_default()))
+        Some(self.backoff.wait(retry.saturating_add(1), retry_after))
     }
 }
 
@@ -166,12 +151,6 @@ impl CarerixClientBuilder {
         self
     }
 
-    /// TCP/TLS connect timeout (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
     /// Whole-request timeout (default 30 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -181,12 +160,6 @@ impl CarerixClientBuilder {
     /// Alias of [`CarerixClientBuilder::request_timeout`].
     pub fn timeout(self, timeout: Duration) -> Self {
         self.request_timeout(timeout)
-    }
-
-    /// The `User-Agent` (default [`DEFAULT_USER_AGENT`]).
-    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
-        self.user_agent = user_agent.into();
-        self
     }
 
     /// A shared rate limiter, usually [`RateLimiters::for_tenant`](super::RateLimiters::for_tenant).
@@ -388,11 +361,6 @@ impl CarerixClient {
         self.inner.tokens.info(&self.inner.http, self.inner.observer.as_ref()).await
     }
 
-    /// Forgets the cached access token; the next request fetches a new one.
-    pub async fn clear_token(&self) {
-        self.inner.tokens.clear().await;
-    }
-
     /// Sends `request` through the pipeline (token, rate limit, 401 retry, retries).
     #[instrument(skip_all, fields(tenant = %self.inner.tenant, operation = %operation))]
     pub(crate) async fn execute(&self, operation: &str, request: ApiRequest<'_>) -> Result<ApiResponse> {
@@ -487,12 +455,12 @@ mod tests {
     use crate::carerix::Credentials;
 
     #[test]
-    fn backoff_grows_and_honours_retry_after() {
+    fn retries_back_off_and_honour_a_short_retry_after_but_not_a_long_one() {
         let policy = RetryPolicy::default();
         for retry in 0..6 {
-            let exp = policy.initial_backoff.saturating_mul(2u32.pow(retry)).min(policy.max_backoff);
+            let delay = policy.backoff.delay(retry + 1);
             let d = policy.delay(retry, None).unwrap_or_default();
-            assert!(d >= exp / 2 && d <= exp, "{retry}: {d:?} vs {exp:?}");
+            assert!(d >= delay.mul_f64(0.8) && d <= delay.mul_f64(1.2), "{retry}: {d:?} vs {delay:?}");
         }
         assert!(policy.delay(0, Some(Duration::from_secs(2))) >= Some(Duration::from_secs(2)));
         assert_eq!(policy.delay(0, Some(Duration::from_secs(31))), None);

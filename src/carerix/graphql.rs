@@ -317,7 +317,7 @@ mod tests {
     const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/carerix/schema.graphql");
 
     #[test]
-    fn documents_validate_against_the_real_schema() {
+    fn documents_validate_against_the_real_schema_read_from_shared_carerix_schema_graphql() {
         let sdl = std::fs::read_to_string(SCHEMA_PATH).unwrap_or_else(|e| {
             panic!(
                 "cannot read the real Carerix schema at {SCHEMA_PATH}: {e}. It is the introspected SDL \

@@ -187,8 +187,10 @@ fn client(base: &str, tenant: &str, secret: &str) -> CarerixClient {
         .tenant(tenant)
         .credentials(Credentials::new(CLIENT_ID, secret))
         .retry_policy(RetryPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
+            backoff: crate::backoff::BackoffPolicy {
+                base: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+            },
             ..RetryPolicy::default()
         })
         .rate_limiter(RateLimiter::new(1000))

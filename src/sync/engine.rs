@@ -17,6 +17,7 @@ use super::{
     keyset::{self, Cursor, PAGE_SIZE},
     store::{self, Schema},
 };
+use crate::backoff::BackoffPolicy;
 use crate::{
     carerix::{CarerixClient, Direction, Entity, PageRequest},
     metrics::Metrics,
@@ -381,7 +382,8 @@ impl Engine {
     /// 30 s) and resume from the stored watermark. `changed` is called when the initial pass
     /// finishes and when the sync fails or recovers.
     pub async fn run(self, interval: Duration, compare_interval: Duration, changed: impl Fn() + Send + Sync) {
-        let mut backoff = Duration::from_secs(1);
+        let backoff = BackoffPolicy { base: Duration::from_secs(1), max: Duration::from_secs(30) };
+        let mut failures = 0;
         let mut prepared = false;
         let mut compare_due = true;
         let mut last_compare: Option<tokio::time::Instant> = None;
@@ -405,7 +407,7 @@ impl Engine {
             match result {
                 Ok(()) => {
                     self.progress.update(|p| p.failure = None);
-                    backoff = Duration::from_secs(1);
+                    failures = 0;
                     if was_failing || !was_done {
                         changed();
                     }
@@ -417,9 +419,8 @@ impl Engine {
                     if !was_failing {
                         changed();
                     }
-                    let wait = e.retry_after().unwrap_or(backoff).max(backoff);
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    failures += 1;
+                    tokio::time::sleep(backoff.wait(failures, e.retry_after())).await;
                 }
             }
         }

@@ -189,6 +189,33 @@ pub fn helm_binary() -> &'static Path {
     })
 }
 
+/// A tool that `hack/build-testbin.sh` builds with Go (`argocd-lua-health`, `kstatus`, ...): from
+/// `CARERIX_TEST_TESTBIN` (set by `hack/test.sh`), else built now (or found cached) by the script.
+pub fn testbin_tool(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    if let Ok(dir) = std::env::var("CARERIX_TEST_TESTBIN") {
+        return PathBuf::from(dir).join(name);
+    }
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let out = Command::new(repo_root().join("hack/build-testbin.sh"))
+        .arg(name)
+        .output()
+        .expect("could not run hack/build-testbin.sh (bash is needed)");
+    assert!(
+        out.status.success(),
+        "hack/build-testbin.sh could not build {name} (it needs Go 1.26 or newer):\n{}\nhack/test.sh checks \
+         what the machine lacks and says how to get it.",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let path = PathBuf::from(dir).join(name);
+    built.push((name.to_string(), path.clone()));
+    path
+}
+
 /// Runs helm (no cluster access needed for `lint` and `template`).
 pub fn helm(args: &[&str]) -> Output {
     Command::new(helm_binary())
