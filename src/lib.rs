@@ -7,6 +7,7 @@
 //! - [`sync`]: the data sync into PostgreSQL; [`receiver`]: inbound webhook deliveries.
 //! - [`run`], [`server`], [`leader`], [`metrics`]: the running process.
 //! - [`crdgen`]: the CRD YAML as shipped in `crds/`.
+//! - [`preflight`]: `carerix-operator preflight`, the checks of a tenant before anything is applied.
 
 pub mod api;
 pub mod carerix;
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod crdgen;
 pub mod leader;
 pub mod metrics;
+pub mod preflight;
 pub mod receiver;
 pub mod run;
 pub mod server;
