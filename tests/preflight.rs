@@ -17,7 +17,11 @@ async fn start(activated: bool, tweak: impl FnOnce(&mut Config)) -> SimHandle {
     c.records_per_entity = 120;
     c.same_second_burst = 10;
     c.tenants.push(TenantConfig { name: "acme".into(), webhooks_activated: activated });
-    c.clients.push(ClientConfig { tenant: "acme".into(), client_id: "demo-client".into(), secret: SECRET.into() });
+    c.clients.push(ClientConfig {
+        tenant: "acme".into(),
+        client_id: "demo-client".into(),
+        secret: SECRET.into(),
+    });
     tweak(&mut c);
     carerix_sim::spawn(c).await.expect("spawn the emulator")
 }
@@ -50,7 +54,9 @@ impl Run {
 
 /// Whether a table line is the one of the check called `name` (symbol, space, name, padding).
 fn names(line: &str, name: &str) -> bool {
-    line.split_once(' ').and_then(|(_, rest)| rest.strip_prefix(name)).is_some_and(|after| after.starts_with(' ') || after.is_empty())
+    line.split_once(' ')
+        .and_then(|(_, rest)| rest.strip_prefix(name))
+        .is_some_and(|after| after.starts_with(' ') || after.is_empty())
 }
 
 fn command(h: &SimHandle, extra: &[&str]) -> tokio::process::Command {
@@ -104,7 +110,8 @@ fn preflight_applications(h: &SimHandle) -> Vec<String> {
 async fn a_well_configured_tenant_passes_every_check_and_leaves_nothing_behind() {
     let h = start(true, |_| {}).await;
     h.sim().register_client("acme", Some("other-client"), Some("x"), None).expect("other client");
-    let theirs = h.sim().create_application("acme", "other-client", "someone-elses").await.expect("their app");
+    let theirs =
+        h.sim().create_application("acme", "other-client", "someone-elses").await.expect("their app");
 
     let run = preflight(&h, &[]).await;
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
@@ -136,7 +143,11 @@ async fn a_well_configured_tenant_passes_every_check_and_leaves_nothing_behind()
         assert!(run.line(name).starts_with('✔'), "{name}: {}", run.line(name));
     }
     assert!(run.line("read all applications").contains("sees 1 application(s) of other clients"));
-    assert!(run.line("graphql candidates").contains(" ms)"), "answers are timed: {}", run.line("graphql candidates"));
+    assert!(
+        run.line("graphql candidates").contains(" ms)"),
+        "answers are timed: {}",
+        run.line("graphql candidates")
+    );
     assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET), "the secret is never printed");
     assert!(preflight_applications(&h).is_empty(), "the temporary application is gone");
     let left = h.sim().applications("acme").expect("apps");
@@ -154,7 +165,11 @@ async fn json_output_parses_and_says_whether_the_run_passed() {
     assert_eq!(v["tenant"], "acme");
     let checks = v["checks"].as_array().expect("checks");
     let outcome = |id: &str| {
-        checks.iter().find(|c| c["id"] == id).map(|c| c["outcome"].clone()).unwrap_or_else(|| panic!("no {id}"))
+        checks
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["outcome"].clone())
+            .unwrap_or_else(|| panic!("no {id}"))
     };
     assert_eq!(outcome("token"), "pass");
     assert_eq!(outcome("permission.delete-application"), "pass");
@@ -191,7 +206,9 @@ async fn webhooks_not_activated_fail_the_scope_and_activation_checks_with_step_1
     let h = start(false, |_| {}).await;
     let run = preflight(&h, &[]).await;
     assert_eq!(run.code, Some(1), "{}", run.stdout);
-    assert!(run.line("scopes").starts_with('✘') && run.line("scopes").contains("urn:cx/webhooks:data:manage"));
+    assert!(
+        run.line("scopes").starts_with('✘') && run.line("scopes").contains("urn:cx/webhooks:data:manage")
+    );
     assert!(run.remedy("scopes").contains("step 1"));
     assert!(run.line("webhooks activated").starts_with('✘'));
     assert!(run.remedy("webhooks activated").contains("Ask Carerix support to activate webhooks"));
@@ -309,16 +326,19 @@ async fn preflight_with_delivery(h: &SimHandle, entity: Entity) -> Run {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/carerix");
     let listen = format!("127.0.0.1:{port}");
-    let mut child = command(h, &["--delivery-url", &url, "--delivery-listen", &listen, "--delivery-wait", "30"])
-        .spawn()
-        .expect("start");
+    let mut child =
+        command(h, &["--delivery-url", &url, "--delivery-listen", &listen, "--delivery-wait", "30"])
+            .spawn()
+            .expect("start");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(SECRET.as_bytes()).await.expect("write");
     drop(stdin);
     let mut subscribed = false;
     for _ in 0..300 {
         let hooks = h.sim().webhooks("acme", None).expect("webhooks");
-        if hooks.iter().filter(|w| w.url == url && w.status == carerix_sim::WebhookStatus::Enabled).count() >= 2 {
+        if hooks.iter().filter(|w| w.url == url && w.status == carerix_sim::WebhookStatus::Enabled).count()
+            >= 2
+        {
             subscribed = true;
             break;
         }
@@ -331,9 +351,17 @@ async fn preflight_with_delivery(h: &SimHandle, entity: Entity) -> Run {
         .parse::<u64>()
         .expect("numeric");
     h.sim()
-        .update_record("acme", entity, id, json!({"firstName": "Preflight"}).as_object().cloned().expect("object"))
+        .update_record(
+            "acme",
+            entity,
+            id,
+            json!({"firstName": "Preflight"}).as_object().cloned().expect("object"),
+        )
         .expect("update");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("in time").expect("ran");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("in time")
+        .expect("ran");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -347,7 +375,10 @@ async fn a_signed_test_delivery_verifies_against_the_public_key() {
     let run = preflight_with_delivery(&h, Entity::Employee).await;
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     let line = run.line("test delivery");
-    assert!(line.starts_with('✔') && line.contains("cremployee:updated") && line.contains("verifies"), "{line}");
+    assert!(
+        line.starts_with('✔') && line.contains("cremployee:updated") && line.contains("verifies"),
+        "{line}"
+    );
     assert!(run.stderr.contains("waiting up to 30 s for a delivery"));
     assert!(preflight_applications(&h).is_empty());
 }
@@ -369,15 +400,17 @@ async fn ctrl_c_mid_run_removes_the_temporary_application() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/carerix");
     let listen = format!("127.0.0.1:{port}");
-    let mut child = command(&h, &["--delivery-url", &url, "--delivery-listen", &listen, "--delivery-wait", "60"])
-        .spawn()
-        .expect("start");
+    let mut child =
+        command(&h, &["--delivery-url", &url, "--delivery-listen", &listen, "--delivery-wait", "60"])
+            .spawn()
+            .expect("start");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(SECRET.as_bytes()).await.expect("write");
     drop(stdin);
     let mut created = false;
     for _ in 0..300 {
-        if !preflight_applications(&h).is_empty() && h.sim().webhooks("acme", None).expect("hooks").len() >= 2 {
+        if !preflight_applications(&h).is_empty() && h.sim().webhooks("acme", None).expect("hooks").len() >= 2
+        {
             created = true;
             break;
         }
@@ -387,7 +420,10 @@ async fn ctrl_c_mid_run_removes_the_temporary_application() {
     let pid = child.id().expect("pid").to_string();
     let kill = tokio::process::Command::new("kill").args(["-INT", &pid]).status().await.expect("kill");
     assert!(kill.success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("in time").expect("ran");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("in time")
+        .expect("ran");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "{stdout}");
     assert!(stdout.contains("interrupted, the temporary application was cleaned up"), "{stdout}");
@@ -429,8 +465,13 @@ async fn from_connection_reads_the_connection_and_its_secret_and_refuses_an_api_
     let ns = cp.namespace("preflight");
     let h = start(true, |_| {}).await;
     let base = h.base_url().as_str().trim_end_matches('/').to_string();
-    support::e2e::put_secret(&client, &ns, "acme-carerix", &[("clientId", "demo-client"), ("clientSecret", SECRET)])
-        .await;
+    support::e2e::put_secret(
+        &client,
+        &ns,
+        "acme-carerix",
+        &[("clientId", "demo-client"), ("clientSecret", SECRET)],
+    )
+    .await;
     support::e2e::apply_connection(
         &client,
         &ns,

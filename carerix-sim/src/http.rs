@@ -407,7 +407,10 @@ async fn webhooks(
     if sw.denies(needed) {
         return err_resp(
             403,
-            &format!("Access denied: permission urn:cx/webhooks:data/webhooks:{} is not granted", needed.as_str()),
+            &format!(
+                "Access denied: permission urn:cx/webhooks:data/webhooks:{} is not granted",
+                needed.as_str()
+            ),
         );
     }
     let params = query_params(uri);
@@ -415,7 +418,8 @@ async fn webhooks(
     let parse_body = || serde_json::from_slice::<Value>(body).ok();
     let result: Result<Response, SimError> = match (method.clone(), rest) {
         (Method::GET, []) => sim.api_applications(tenant).map(|apps| {
-            let items = apps.iter().map(|a| select(sw.application(application_json(a)), fields, false)).collect();
+            let items =
+                apps.iter().map(|a| select(sw.application(application_json(a)), fields, false)).collect();
             json_resp(200, &page_json(items, &params))
         }),
         (Method::POST, []) => {
@@ -423,7 +427,9 @@ async fn webhooks(
                 return err_resp(400, "Request body must be JSON");
             };
             let name = b.get("name").and_then(Value::as_str).unwrap_or_default();
-            sim.create_application(tenant, caller, name).await.map(|a| json_resp(201, &sw.application(application_json(&a))))
+            sim.create_application(tenant, caller, name)
+                .await
+                .map(|a| json_resp(201, &sw.application(application_json(&a))))
         }
         (Method::GET, [app]) => sim
             .api_application(tenant, app)
@@ -441,9 +447,9 @@ async fn webhooks(
             };
             sim.create_webhook(tenant, caller, app, &b).map(|w| json_resp(201, &sw.webhook(webhook_json(&w))))
         }
-        (Method::GET, [app, "webhooks", id]) => {
-            sim.api_webhook(tenant, app, id).map(|w| json_resp(200, &select(sw.webhook(webhook_json(&w)), fields, true)))
-        }
+        (Method::GET, [app, "webhooks", id]) => sim
+            .api_webhook(tenant, app, id)
+            .map(|w| json_resp(200, &select(sw.webhook(webhook_json(&w)), fields, true))),
         (Method::DELETE, [app, "webhooks", id]) => sim
             .api_webhook(tenant, app, id)
             .and_then(|_| sim.delete_webhook(tenant, Some(caller), id))

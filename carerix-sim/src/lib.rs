@@ -42,6 +42,7 @@ pub use sim::{
     ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim,
     SimError, TenantInfo, WebhookInfo, WebhookStatus,
 };
+pub use switches::{Permission, Switches};
 
 /// Errors of starting the emulator.
 #[derive(Debug, thiserror::Error)]

@@ -146,7 +146,8 @@ mod tests {
         let w = s.webhook(json!({"_id": "w", "customHeaders": [{"name": "x", "value": "secret"}]}));
         assert_eq!(w["customHeaders"][0]["value"], json!(MASK));
         let off = Switches::default();
-        let app = off.application(json!({"_createdBy": {"_id": "c"}, "signatureVerification": {"publicKey": "PEM"}}));
+        let app = off
+            .application(json!({"_createdBy": {"_id": "c"}, "signatureVerification": {"publicKey": "PEM"}}));
         assert_eq!(app["_createdBy"]["_id"], json!("c"));
         assert_eq!(app["signatureVerification"]["publicKey"], json!("PEM"));
     }
@@ -157,7 +158,10 @@ mod tests {
         assert_eq!(Permission::of_request(&Method::GET, &[]), Permission::Read);
         assert_eq!(Permission::of_request(&Method::POST, &[]), Permission::Create);
         assert_eq!(Permission::of_request(&Method::POST, &["a", "webhooks"]), Permission::Create);
-        assert_eq!(Permission::of_request(&Method::POST, &["a", "webhooks", "w", "enable"]), Permission::Update);
+        assert_eq!(
+            Permission::of_request(&Method::POST, &["a", "webhooks", "w", "enable"]),
+            Permission::Update
+        );
         assert_eq!(Permission::of_request(&Method::DELETE, &["a"]), Permission::Delete);
     }
 }

@@ -61,7 +61,11 @@ impl Api {
 
     async fn create_app(&self) -> Value {
         let (s, v) = self
-            .call(reqwest::Method::POST, "webhooks/v1/applications", Some(json!({"_kind": "Application", "name": "t"})))
+            .call(
+                reqwest::Method::POST,
+                "webhooks/v1/applications",
+                Some(json!({"_kind": "Application", "name": "t"})),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         v
@@ -83,7 +87,11 @@ async fn switched_application(api: &Api) -> (Value, Value) {
     let app = api.create_app().await;
     let id = app["_id"].as_str().expect("id").to_string();
     let (s, listed) = api
-        .call(reqwest::Method::GET, "webhooks/v1/applications?fields=name,signatureVerification,_createdBy", None)
+        .call(
+            reqwest::Method::GET,
+            "webhooks/v1/applications?fields=name,signatureVerification,_createdBy",
+            None,
+        )
         .await;
     assert_eq!(s, 200);
     let listed = listed["items"].as_array().expect("items").iter().find(|a| a["_id"] == id.as_str()).cloned();
@@ -166,15 +174,21 @@ async fn header_values_are_masked_in_answers_only_when_switched_on_and_still_del
             .call(
                 reqwest::Method::POST,
                 &format!("webhooks/v1/applications/{id}/webhooks"),
-                Some(json!({"_kind": "Webhook", "url": hook, "filters": [{"eventType": "cremployee:updated"}],
-                    "customHeaders": [{"name": "x-api-key", "value": "hunter2"}]})),
+                Some(
+                    json!({"_kind": "Webhook", "url": hook, "filters": [{"eventType": "cremployee:updated"}],
+                    "customHeaders": [{"name": "x-api-key", "value": "hunter2"}]}),
+                ),
             )
             .await;
         assert_eq!(s, 201);
         let expected = if masked { carerix_sim::switches::MASK } else { "hunter2" };
         assert_eq!(w["customHeaders"][0]["value"], expected);
         let (_, list) = api
-            .call(reqwest::Method::GET, &format!("webhooks/v1/applications/{id}/webhooks?fields=customHeaders"), None)
+            .call(
+                reqwest::Method::GET,
+                &format!("webhooks/v1/applications/{id}/webhooks?fields=customHeaders"),
+                None,
+            )
             .await;
         assert_eq!(list["items"][0]["customHeaders"][0]["value"], expected);
         // the delivery carries the real value either way
@@ -182,7 +196,12 @@ async fn header_values_are_masked_in_answers_only_when_switched_on_and_still_del
         let rid = rec[0]["_id"].as_str().expect("id").parse::<u64>().expect("numeric");
         let before = got.lock().expect("lock").len();
         h.sim()
-            .update_record("acme", Entity::Employee, rid, json!({"firstName": "Switch"}).as_object().cloned().expect("obj"))
+            .update_record(
+                "acme",
+                Entity::Employee,
+                rid,
+                json!({"firstName": "Switch"}).as_object().cloned().expect("obj"),
+            )
             .expect("update");
         for _ in 0..100 {
             if got.lock().expect("lock").len() > before {
@@ -190,10 +209,9 @@ async fn header_values_are_masked_in_answers_only_when_switched_on_and_still_del
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let got = got.lock().expect("lock");
-        let (headers, _) = got.last().expect("a delivery");
+        let delivered = got.lock().expect("lock").last().map(|(headers, _)| headers.clone());
+        let headers = delivered.expect("a delivery");
         assert_eq!(headers.get("x-api-key").and_then(|v| v.to_str().ok()), Some("hunter2"));
-        drop(got);
         h.shutdown().await;
     }
 }
@@ -203,7 +221,13 @@ async fn a_missing_permission_answers_403_for_its_operations_only() {
     let h = start(Switches::default()).await;
     let api = Api::new(h.base_url()).await;
     let (hook, _) = receiver().await;
-    for missing in [None, Some(Permission::Create), Some(Permission::Read), Some(Permission::Update), Some(Permission::Delete)] {
+    for missing in [
+        None,
+        Some(Permission::Create),
+        Some(Permission::Read),
+        Some(Permission::Update),
+        Some(Permission::Delete),
+    ] {
         h.sim().set_switches(Switches::default());
         let app = api.create_app().await;
         let id = app["_id"].as_str().expect("id").to_string();
@@ -225,11 +249,19 @@ async fn a_missing_permission_answers_403_for_its_operations_only() {
             assert_eq!(s, 200);
         }
         let (s, _) = api
-            .call(reqwest::Method::POST, &format!("webhooks/v1/applications/{id}/webhooks/{wid}/disable"), None)
+            .call(
+                reqwest::Method::POST,
+                &format!("webhooks/v1/applications/{id}/webhooks/{wid}/disable"),
+                None,
+            )
             .await;
         assert_eq!(s == 403, expect(Permission::Update) == 403, "disable with {missing:?}: {s}");
         let (s, _) = api
-            .call(reqwest::Method::POST, "webhooks/v1/applications", Some(json!({"_kind": "Application", "name": "x"})))
+            .call(
+                reqwest::Method::POST,
+                "webhooks/v1/applications",
+                Some(json!({"_kind": "Application", "name": "x"})),
+            )
             .await;
         assert_eq!(s == 403, expect(Permission::Create) == 403, "create with {missing:?}: {s}");
         let (s, _) = api.call(reqwest::Method::DELETE, &format!("webhooks/v1/applications/{id}"), None).await;
@@ -258,7 +290,12 @@ async fn contact_events_use_the_switched_prefix() {
     let rec = h.sim().list_records("acme", Entity::Contact).expect("records");
     let rid = rec[0]["_id"].as_str().expect("id").parse::<u64>().expect("numeric");
     h.sim()
-        .update_record("acme", Entity::Contact, rid, json!({"firstName": "Switch"}).as_object().cloned().expect("obj"))
+        .update_record(
+            "acme",
+            Entity::Contact,
+            rid,
+            json!({"firstName": "Switch"}).as_object().cloned().expect("obj"),
+        )
         .expect("update");
     for _ in 0..100 {
         if !got.lock().expect("lock").is_empty() {
@@ -302,7 +339,12 @@ fn start_binary(flags: &[&str]) -> (Bin, url::Url) {
 #[tokio::test]
 async fn the_binary_sets_every_switch_from_its_flags() {
     let (_plain, base) = start_binary(&[]);
-    let v: Value = reqwest::get(base.join("admin/v1/switches").expect("url")).await.expect("get").json().await.expect("json");
+    let v: Value = reqwest::get(base.join("admin/v1/switches").expect("url"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v, serde_json::to_value(Switches::default()).expect("json"));
 
     let (_bin, base) = start_binary(&[
@@ -314,7 +356,12 @@ async fn the_binary_sets_every_switch_from_its_flags() {
         "--contact-event-prefix",
         "cruser",
     ]);
-    let v: Value = reqwest::get(base.join("admin/v1/switches").expect("url")).await.expect("get").json().await.expect("json");
+    let v: Value = reqwest::get(base.join("admin/v1/switches").expect("url"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(
         v,
         json!({"creator_service_account_ids": true, "hide_public_key": true, "mask_header_values": true,

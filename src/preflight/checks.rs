@@ -157,14 +157,25 @@ fn unexpected_remedy(e: &Error) -> String {
 /// happened.
 fn webhooks_failure(id: &str, name: &str, what: &str, e: &Error, operation: &str, level: &str) -> Check {
     if e.is_forbidden() {
-        Check::fail(id, name, format!("Carerix refused to {what} ({})", describe(e)), permission_remedy(operation, level))
+        Check::fail(
+            id,
+            name,
+            format!("Carerix refused to {what} ({})", describe(e)),
+            permission_remedy(operation, level),
+        )
     } else {
         Check::fail(id, name, format!("could not {what} ({})", describe(e)), unexpected_remedy(e))
     }
 }
 
 /// Runs every check, pushing each to `sink`.
-pub async fn run(client: &CarerixClient, options: &Options, temporary: &Temporary, stats: &Stats, sink: &Sink) {
+pub async fn run(
+    client: &CarerixClient,
+    options: &Options,
+    temporary: &Temporary,
+    stats: &Stats,
+    sink: &Sink,
+) {
     let Some(info) = token(client, sink).await else {
         return;
     };
@@ -229,7 +240,9 @@ async fn token(client: &CarerixClient, sink: &Sink) -> Option<TokenInfo> {
                     format!("the identity host did not answer ({e})"),
                     format!("Check the identity host from the OpenID Configuration URL ({GUIDE} step 4)"),
                 ),
-                other => (format!("the token request failed ({})", describe(other)), unexpected_remedy(other)),
+                other => {
+                    (format!("the token request failed ({})", describe(other)), unexpected_remedy(other))
+                }
             };
             sink.push(Check::fail("token", "token", detail, remedy).timed(elapsed));
             None
@@ -282,12 +295,19 @@ async fn webhooks_activated(client: &CarerixClient, info: &TokenInfo, sink: &Sin
     match result {
         Ok(apps) => {
             sink.push(
-                Check::pass(id, name, format!("the Webhooks API answers ({} applications visible)", apps.len()))
-                    .timed(elapsed),
+                Check::pass(
+                    id,
+                    name,
+                    format!("the Webhooks API answers ({} applications visible)", apps.len()),
+                )
+                .timed(elapsed),
             );
             true
         }
-        Err(e) if e.is_forbidden() && e.carerix_message().is_some_and(|m| m.to_lowercase().contains("activat")) => {
+        Err(e)
+            if e.is_forbidden()
+                && e.carerix_message().is_some_and(|m| m.to_lowercase().contains("activat")) =>
+        {
             sink.push(
                 Check::fail(
                     id,
@@ -302,15 +322,24 @@ async fn webhooks_activated(client: &CarerixClient, info: &TokenInfo, sink: &Sin
         Err(e) if e.is_forbidden() => {
             // The API answered, so the feature is there; the listing is a permission question.
             sink.push(
-                Check::pass(id, name, format!("the Webhooks API answers (listing refused: {})", describe(&e)))
-                    .timed(elapsed),
+                Check::pass(
+                    id,
+                    name,
+                    format!("the Webhooks API answers (listing refused: {})", describe(&e)),
+                )
+                .timed(elapsed),
             );
             true
         }
         Err(e) => {
             sink.push(
-                Check::fail(id, name, format!("the Webhooks API failed ({})", describe(&e)), unexpected_remedy(&e))
-                    .timed(elapsed),
+                Check::fail(
+                    id,
+                    name,
+                    format!("the Webhooks API failed ({})", describe(&e)),
+                    unexpected_remedy(&e),
+                )
+                .timed(elapsed),
             );
             false
         }
@@ -393,7 +422,9 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
         Ok(Some(again)) => {
             keys.saw("read", again.public_key.as_ref());
             creator = creator.or(again.created_by.clone());
-            sink.push(Check::pass("permission.read-application", "read application", "read it back").timed(elapsed));
+            sink.push(
+                Check::pass("permission.read-application", "read application", "read it back").timed(elapsed),
+            );
         }
         Ok(None) => sink.push(
             Check::fail(
@@ -405,8 +436,15 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
             .timed(elapsed),
         ),
         Err(e) => sink.push(
-            webhooks_failure("permission.read-application", "read application", "read the application", &e, "read", "all")
-                .timed(elapsed),
+            webhooks_failure(
+                "permission.read-application",
+                "read application",
+                "read the application",
+                &e,
+                "read",
+                "all",
+            )
+            .timed(elapsed),
         ),
     }
 
@@ -416,17 +454,26 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
     let elapsed = start.elapsed();
     match listed {
         Ok(ws) => sink.push(
-            Check::pass("permission.list-webhooks", "list webhooks", format!("{} webhooks", ws.len())).timed(elapsed),
+            Check::pass("permission.list-webhooks", "list webhooks", format!("{} webhooks", ws.len()))
+                .timed(elapsed),
         ),
         Err(e) => sink.push(
-            webhooks_failure("permission.list-webhooks", "list webhooks", "list the webhooks", &e, "read", "all")
-                .timed(elapsed),
+            webhooks_failure(
+                "permission.list-webhooks",
+                "list webhooks",
+                "list the webhooks",
+                &e,
+                "read",
+                "all",
+            )
+            .timed(elapsed),
         ),
     }
 
     // create a webhook
     let probe_value = random_hex(12);
-    let event_types: Vec<String> = options.entities.iter().map(|e| format!("{}:updated", e.event_prefix())).collect();
+    let event_types: Vec<String> =
+        options.entities.iter().map(|e| format!("{}:updated", e.event_prefix())).collect();
     let new = NewWebhook {
         url: options.delivery.as_ref().map_or_else(|| NOWHERE_URL.to_string(), |d| d.url.clone()),
         event_types: if event_types.is_empty() { vec!["cremployee:updated".into()] } else { event_types },
@@ -438,13 +485,23 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
     let webhook = match created {
         Ok(w) => {
             temporary.lock().webhooks.push(w.id.clone());
-            sink.push(Check::pass("permission.create-webhook", "create webhook", "created one webhook").timed(elapsed));
+            sink.push(
+                Check::pass("permission.create-webhook", "create webhook", "created one webhook")
+                    .timed(elapsed),
+            );
             Some(w)
         }
         Err(e) => {
             sink.push(
-                webhooks_failure("permission.create-webhook", "create webhook", "create a webhook", &e, "create", "on")
-                    .timed(elapsed),
+                webhooks_failure(
+                    "permission.create-webhook",
+                    "create webhook",
+                    "create a webhook",
+                    &e,
+                    "create",
+                    "on",
+                )
+                .timed(elapsed),
             );
             None
         }
@@ -452,7 +509,8 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
 
     if let Some(w) = &webhook {
         // header values, as created and as listed
-        let listed = api.list_webhooks(&app.id).await.ok().and_then(|ws| ws.into_iter().find(|x| x.id == w.id));
+        let listed =
+            api.list_webhooks(&app.id).await.ok().and_then(|ws| ws.into_iter().find(|x| x.id == w.id));
         let seen: Vec<String> = [Some(w), listed.as_ref()]
             .into_iter()
             .flatten()
@@ -460,7 +518,11 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
             .map(|(_, v)| v.clone())
             .collect();
         if !seen.is_empty() && seen.iter().all(|v| *v == probe_value) {
-            sink.push(Check::pass("header-values", "header values", "custom header values come back as sent"));
+            sink.push(Check::pass(
+                "header-values",
+                "header values",
+                "custom header values come back as sent",
+            ));
         } else {
             let shown = seen.first().map_or_else(|| "nothing".to_string(), |v| format!("{v:?}"));
             sink.push(Check::note(
@@ -482,25 +544,35 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
         let elapsed = start.elapsed();
         match updated {
             Ok(()) => sink.push(
-                Check::pass("permission.update-webhook", "update webhook", "disabled and enabled it").timed(elapsed),
+                Check::pass("permission.update-webhook", "update webhook", "disabled and enabled it")
+                    .timed(elapsed),
             ),
             Err(e) => sink.push(
-                webhooks_failure("permission.update-webhook", "update webhook", "update a webhook", &e, "update", "owner")
-                    .timed(elapsed),
+                webhooks_failure(
+                    "permission.update-webhook",
+                    "update webhook",
+                    "update a webhook",
+                    &e,
+                    "update",
+                    "owner",
+                )
+                .timed(elapsed),
             ),
         }
     } else {
         sink.push(Check::skipped("header-values", "header values", "needs the temporary webhook"));
-        sink.push(Check::skipped("permission.update-webhook", "update webhook", "needs the temporary webhook"));
+        sink.push(Check::skipped(
+            "permission.update-webhook",
+            "update webhook",
+            "needs the temporary webhook",
+        ));
     }
 
     // creator
     match creator.as_deref() {
-        Some(c) if c == client.client_id() => sink.push(Check::pass(
-            "creator",
-            "creator of an application",
-            "_createdBy._id is the client id",
-        )),
+        Some(c) if c == client.client_id() => {
+            sink.push(Check::pass("creator", "creator of an application", "_createdBy._id is the client id"))
+        }
         Some(c) => sink.push(Check::note(
             "creator",
             "creator of an application",
@@ -558,6 +630,7 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
 
     // delete the webhooks, then the application
     let webhooks: Vec<WebhookId> = temporary.lock().webhooks.clone();
+    let main_webhook = webhook.as_ref().map(|w| w.id.clone());
     for wid in webhooks {
         let start = Instant::now();
         let deleted = api.delete_webhook(&app.id, &wid).await;
@@ -565,19 +638,33 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
         match deleted {
             Ok(()) => {
                 temporary.lock().webhooks.retain(|x| *x != wid);
-                if wid == webhook.as_ref().map(|w| w.id.clone()).unwrap_or_default() {
-                    sink.push(Check::pass("permission.delete-webhook", "delete webhook", "deleted it").timed(elapsed));
+                if Some(&wid) == main_webhook.as_ref() {
+                    sink.push(
+                        Check::pass("permission.delete-webhook", "delete webhook", "deleted it")
+                            .timed(elapsed),
+                    );
                 }
             }
-            Err(e) if wid == webhook.as_ref().map(|w| w.id.clone()).unwrap_or_default() => sink.push(
-                webhooks_failure("permission.delete-webhook", "delete webhook", "delete a webhook", &e, "delete", "owner")
-                    .timed(elapsed),
+            Err(e) if Some(&wid) == main_webhook.as_ref() => sink.push(
+                webhooks_failure(
+                    "permission.delete-webhook",
+                    "delete webhook",
+                    "delete a webhook",
+                    &e,
+                    "delete",
+                    "owner",
+                )
+                .timed(elapsed),
             ),
             Err(_) => {}
         }
     }
     if webhook.is_none() {
-        sink.push(Check::skipped("permission.delete-webhook", "delete webhook", "needs the temporary webhook"));
+        sink.push(Check::skipped(
+            "permission.delete-webhook",
+            "delete webhook",
+            "needs the temporary webhook",
+        ));
     }
     let start = Instant::now();
     let deleted = api.delete_application(&app.id).await;
@@ -641,7 +728,9 @@ async fn read_all(
 
 type Delivered = (HeaderMap, Bytes);
 
-async fn listen(addr: SocketAddr) -> std::io::Result<(mpsc::UnboundedReceiver<Delivered>, tokio::task::JoinHandle<()>)> {
+async fn listen(
+    addr: SocketAddr,
+) -> std::io::Result<(mpsc::UnboundedReceiver<Delivered>, tokio::task::JoinHandle<()>)> {
     let (tx, rx) = mpsc::unbounded_channel::<Delivered>();
     let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
         let tx = tx.clone();
@@ -720,11 +809,15 @@ async fn test_delivery(
         (Some(k), Some(sig)) => Some(crate::receiver::verify_signature(k, &body, sig)),
         _ => None,
     };
-    let unverifiable = "Deliveries cannot be verified: keep this output and report it to the operator's maintainers";
+    let unverifiable =
+        "Deliveries cannot be verified: keep this output and report it to the operator's maintainers";
     let check = match (signature, verified, Entity::from_event_type(&event)) {
-        (None, _, _) => {
-            Check::fail(id, name, format!("a {event} delivery arrived without a Cx-Signature header"), unverifiable)
-        }
+        (None, _, _) => Check::fail(
+            id,
+            name,
+            format!("a {event} delivery arrived without a Cx-Signature header"),
+            unverifiable,
+        ),
         (Some(_), Some(false), _) => Check::fail(
             id,
             name,
@@ -824,26 +917,43 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
                 } else if page.total_elements > u64::from(keyset::PAGE_SIZE) {
                     full_page_seen = true;
                 }
-                let complete = page.items.iter().all(|i| i.get("_id").is_some() && i.get("modificationDate").is_some());
-                let dates: Vec<&str> =
-                    page.items.iter().filter_map(|i| i.get("modificationDate").and_then(Value::as_str)).collect();
+                let complete =
+                    page.items.iter().all(|i| i.get("_id").is_some() && i.get("modificationDate").is_some());
+                let dates: Vec<&str> = page
+                    .items
+                    .iter()
+                    .filter_map(|i| i.get("modificationDate").and_then(Value::as_str))
+                    .collect();
                 let sorted = dates.windows(2).all(|w| w[0] <= w[1]);
                 if !complete {
                     sink.push(
-                        Check::fail(&id, &name, "records come back without _id or modificationDate", unexpected_remedy_text())
-                            .timed(elapsed),
+                        Check::fail(
+                            &id,
+                            &name,
+                            "records come back without _id or modificationDate",
+                            unexpected_remedy_text(),
+                        )
+                        .timed(elapsed),
                     );
                 } else if !sorted {
                     sink.push(
-                        Check::fail(&id, &name, "the page is not sorted by modificationDate as asked", unexpected_remedy_text())
-                            .timed(elapsed),
+                        Check::fail(
+                            &id,
+                            &name,
+                            "the page is not sorted by modificationDate as asked",
+                            unexpected_remedy_text(),
+                        )
+                        .timed(elapsed),
                     );
                 } else {
                     sink.push(
                         Check::pass(
                             &id,
                             &name,
-                            format!("{n} of {} records, sorted by modificationDate, _id; norestrict", page.total_elements),
+                            format!(
+                                "{n} of {} records, sorted by modificationDate, _id; norestrict",
+                                page.total_elements
+                            ),
                         )
                         .timed(elapsed),
                     );
@@ -854,11 +964,16 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
             }
             Err(e) => {
                 let remedy = if e.is_forbidden() {
-                    format!("Add the default scope urn:cx/cx5Wrapper:data:manage to the client ({GUIDE} step 2)")
+                    format!(
+                        "Add the default scope urn:cx/cx5Wrapper:data:manage to the client ({GUIDE} step 2)"
+                    )
                 } else {
                     unexpected_remedy(&e)
                 };
-                sink.push(Check::fail(&id, &name, format!("the sync's query failed ({})", describe(&e)), remedy).timed(elapsed));
+                sink.push(
+                    Check::fail(&id, &name, format!("the sync's query failed ({})", describe(&e)), remedy)
+                        .timed(elapsed),
+                );
             }
         }
     }
@@ -889,10 +1004,15 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
     }
 
     let Some((entity, items)) = sample else {
-        sink.push(Check::skipped("graphql.qualifiers", "graphql qualifiers", "needs an entity with 2 records"));
+        sink.push(Check::skipped(
+            "graphql.qualifiers",
+            "graphql qualifiers",
+            "needs an entity with 2 records",
+        ));
         return;
     };
-    let ids: Vec<String> = items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str).map(str::to_owned)).collect();
+    let ids: Vec<String> =
+        items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str).map(str::to_owned)).collect();
 
     // the keyset qualifier on (modificationDate, _id)
     let first_date = items[0].get("modificationDate").and_then(Value::as_str).unwrap_or_default();
@@ -967,7 +1087,8 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
     let elapsed = start.elapsed();
     let check = match (first, second) {
         (Ok(listed), Some(Ok(batched))) => {
-            let mut got: Vec<&str> = batched.items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str)).collect();
+            let mut got: Vec<&str> =
+                batched.items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str)).collect();
             got.sort_unstable();
             let mut want = wanted.clone();
             want.sort_unstable();
@@ -977,7 +1098,11 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
                 .filter_map(|i| i.get("_id").and_then(Value::as_str))
                 .all(|id| keyset::cmp_ids(id, wanted[0]) == std::cmp::Ordering::Greater);
             if got == want && listed_ok {
-                Check::pass("graphql.id-qualifier", "graphql _id qualifier", "`_id > N` sorted by _id, and `_id = A OR _id = B`")
+                Check::pass(
+                    "graphql.id-qualifier",
+                    "graphql _id qualifier",
+                    "`_id > N` sorted by _id, and `_id = A OR _id = B`",
+                )
             } else {
                 Check::fail(
                     "graphql.id-qualifier",
@@ -990,7 +1115,10 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
         (Err(e), _) | (_, Some(Err(e))) => Check::fail(
             "graphql.id-qualifier",
             "graphql _id qualifier",
-            format!("Carerix refused `_id` in a qualifier ({}); the sync's deletion check and batched reads need it", describe(&e)),
+            format!(
+                "Carerix refused `_id` in a qualifier ({}); the sync's deletion check and batched reads need it",
+                describe(&e)
+            ),
             unexpected_remedy_text(),
         ),
         (Ok(_), None) => Check::skipped("graphql.id-qualifier", "graphql _id qualifier", "not run"),
@@ -998,7 +1126,8 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
     sink.push(check.timed(elapsed));
 
     // norestrict
-    let count = |norestrict: bool| PageRequest { qualifier: None, page: 0, size: 1, sort: Vec::new(), norestrict };
+    let count =
+        |norestrict: bool| PageRequest { qualifier: None, page: 0, size: 1, sort: Vec::new(), norestrict };
     let start = Instant::now();
     let without = gql.page_ids(entity, &count(false)).await;
     let with = gql.page_ids(entity, &count(true)).await;
@@ -1016,7 +1145,10 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
         (Ok(a), Ok(b)) => Check::fail(
             "graphql.norestrict",
             "graphql norestrict",
-            format!("norestrict: true shows fewer records ({}) than without ({})", b.total_elements, a.total_elements),
+            format!(
+                "norestrict: true shows fewer records ({}) than without ({})",
+                b.total_elements, a.total_elements
+            ),
             unexpected_remedy_text(),
         ),
         (Err(e), _) | (_, Err(e)) => Check::fail(
@@ -1038,13 +1170,13 @@ fn unexpected_remedy_text() -> String {
 async fn rate_limit(client: &CarerixClient, webhooks_ok: bool, stats: &Stats, sink: &Sink) {
     let (id, name) = ("rate-limit", "rate limit");
     let mut headers: Vec<String> = Vec::new();
-    if webhooks_ok {
-        if let Ok(answer) = client.probe(&["webhooks", "v1", "applications"], &[("fields", "name")]).await {
-            for (k, v) in &answer.headers {
-                let k = k.as_str();
-                if k.starts_with("x-ratelimit") || k.starts_with("ratelimit") || k == "retry-after" {
-                    headers.push(format!("{k}: {}", v.to_str().unwrap_or("?")));
-                }
+    if webhooks_ok
+        && let Ok(answer) = client.probe(&["webhooks", "v1", "applications"], &[("fields", "name")]).await
+    {
+        for (k, v) in &answer.headers {
+            let k = k.as_str();
+            if k.starts_with("x-ratelimit") || k.starts_with("ratelimit") || k == "retry-after" {
+                headers.push(format!("{k}: {}", v.to_str().unwrap_or("?")));
             }
         }
     }
@@ -1106,7 +1238,12 @@ mod tests {
 
     #[test]
     fn a_refused_webhooks_call_names_the_permission_to_grant() {
-        let e = Error::Api { operation: "x".into(), status: 403, message: Some("Access denied".into()), retry_after: None };
+        let e = Error::Api {
+            operation: "x".into(),
+            status: 403,
+            message: Some("Access denied".into()),
+            retry_after: None,
+        };
         let c = webhooks_failure("p", "create application", "create an application", &e, "create", "on");
         assert_eq!(c.outcome, super::super::report::Outcome::Fail);
         assert!(c.remedy.unwrap_or_default().contains("permission create to on"));

@@ -173,14 +173,21 @@ async fn secret_from_cluster(
     let id = crate::controller::secret_value(&found, secret::CLIENT_ID_KEY);
     let value = crate::controller::secret_value(&found, secret::CLIENT_SECRET_KEY);
     let check = match (secret::check_secret(&shown, &found), &id, &value) {
-        (Err(problem), _, _) => Check::fail("secret", "secret", problem.to_string(), "See docs/carerix-setup.md, \"The apiKey key\""),
+        (Err(problem), _, _) => Check::fail(
+            "secret",
+            "secret",
+            problem.to_string(),
+            "See docs/carerix-setup.md, \"The apiKey key\"",
+        ),
         (Ok(()), None, _) | (Ok(()), _, None) => Check::fail(
             "secret",
             "secret",
             format!("Secret {shown} lacks clientId or clientSecret"),
             "Put the client id under clientId and the secret under clientSecret (docs/carerix-setup.md steps 3 and 6)",
         ),
-        (Ok(()), Some(_), Some(_)) => Check::pass("secret", "secret", format!("Secret {shown} has clientId and clientSecret")),
+        (Ok(()), Some(_), Some(_)) => {
+            Check::pass("secret", "secret", format!("Secret {shown} has clientId and clientSecret"))
+        }
     };
     Ok((id, value, check))
 }
@@ -202,10 +209,10 @@ async fn resolve(args: &PreflightArgs) -> Result<Target, PreflightError> {
             .await
             .map_err(|source| PreflightError::Kube { what: "the kubeconfig".into(), source })?;
         let api: Api<CarerixConnection> = Api::namespaced(client.clone(), &ns);
-        let cx = api
-            .get(&name)
-            .await
-            .map_err(|source| PreflightError::Kube { what: format!("the CarerixConnection {conn}"), source })?;
+        let cx = api.get(&name).await.map_err(|source| PreflightError::Kube {
+            what: format!("the CarerixConnection {conn}"),
+            source,
+        })?;
         tenant = tenant.or(Some(cx.spec.tenant.clone()));
         identity_url = identity_url.or(cx.spec.identity_url.clone());
         api_url = api_url.or(cx.spec.api_url.clone());
@@ -230,7 +237,8 @@ async fn resolve(args: &PreflightArgs) -> Result<Target, PreflightError> {
     if let Some(path) = &args.client_secret_file {
         client_secret = Some(read_secret_file(path)?);
     }
-    let tenant = tenant.ok_or_else(|| PreflightError::Usage("--tenant (or --from-connection) is required".into()))?;
+    let tenant =
+        tenant.ok_or_else(|| PreflightError::Usage("--tenant (or --from-connection) is required".into()))?;
     let client_id = client_id.unwrap_or_default();
     let client_secret = client_secret.unwrap_or_default();
     if input_checks.is_empty() && (client_id.is_empty() || client_secret.is_empty()) {
@@ -263,7 +271,14 @@ pub async fn run(args: &PreflightArgs) -> Result<Report, PreflightError> {
     let mut checks = target.input_checks.clone();
     let usable = !target.client_id.is_empty() && !target.client_secret.is_empty();
     if !usable || checks.iter().any(|c| c.outcome == report::Outcome::Fail) {
-        return Ok(Report::new(&target.tenant, &target.identity_url, &target.api_url, &target.client_id, checks, false));
+        return Ok(Report::new(
+            &target.tenant,
+            &target.identity_url,
+            &target.api_url,
+            &target.client_id,
+            checks,
+            false,
+        ));
     }
     let stats = Arc::new(Stats::default());
     let client = CarerixClient::builder()
@@ -276,9 +291,11 @@ pub async fn run(args: &PreflightArgs) -> Result<Report, PreflightError> {
     let options = Options {
         entities: target.entities.clone(),
         delivery: match (&args.delivery_url, args.delivery_listen) {
-            (Some(url), Some(listen)) => {
-                Some(DeliveryOptions { url: url.clone(), listen, wait: Duration::from_secs(args.delivery_wait) })
-            }
+            (Some(url), Some(listen)) => Some(DeliveryOptions {
+                url: url.clone(),
+                listen,
+                wait: Duration::from_secs(args.delivery_wait),
+            }),
             _ => None,
         },
     };
@@ -293,7 +310,14 @@ pub async fn run(args: &PreflightArgs) -> Result<Report, PreflightError> {
         found.push(cleanup);
     }
     checks.extend(found);
-    Ok(Report::new(&target.tenant, &target.identity_url, &target.api_url, &target.client_id, checks, interrupted))
+    Ok(Report::new(
+        &target.tenant,
+        &target.identity_url,
+        &target.api_url,
+        &target.client_id,
+        checks,
+        interrupted,
+    ))
 }
 
 /// The `preflight` subcommand: runs, prints, and returns the exit code.

@@ -48,7 +48,10 @@ pub enum SecretKeyProblem {
 /// # Errors
 ///
 /// A [`SecretKeyProblem`] when `apiKey` is present.
-pub fn check_keys<'a>(secret: &str, present: impl IntoIterator<Item = &'a str>) -> Result<(), SecretKeyProblem> {
+pub fn check_keys<'a>(
+    secret: &str,
+    present: impl IntoIterator<Item = &'a str>,
+) -> Result<(), SecretKeyProblem> {
     let keys: Vec<&str> = present.into_iter().collect();
     if !keys.contains(&API_KEY_KEY) {
         return Ok(());
@@ -97,7 +100,9 @@ mod tests {
     fn secret(keys: &[(&str, &str)]) -> Secret {
         Secret {
             data: Some(
-                keys.iter().map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec()))).collect::<BTreeMap<_, _>>(),
+                keys.iter()
+                    .map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
             ),
             ..Secret::default()
         }
@@ -125,7 +130,10 @@ mod tests {
 
     #[test]
     fn an_empty_api_key_is_not_a_problem() {
-        assert_eq!(check_secret("s", &secret(&[("clientId", "a"), ("clientSecret", "b"), ("apiKey", "")])), Ok(()));
+        assert_eq!(
+            check_secret("s", &secret(&[("clientId", "a"), ("clientSecret", "b"), ("apiKey", "")])),
+            Ok(())
+        );
         let string_data = Secret {
             string_data: Some([("apiKey".to_string(), "x".to_string())].into_iter().collect()),
             ..Secret::default()
