@@ -544,8 +544,12 @@ async fn matrix(client: &CarerixClient, options: &Options, temporary: &Temporary
         let elapsed = start.elapsed();
         match updated {
             Ok(()) => sink.push(
-                Check::pass("permission.update-webhook", "update webhook", "disabled and enabled it")
-                    .timed(elapsed),
+                Check::pass(
+                    "permission.update-webhook",
+                    "update webhook",
+                    if options.delivery.is_some() { "disabled and enabled it" } else { "disabled it" },
+                )
+                .timed(elapsed),
             ),
             Err(e) => sink.push(
                 webhooks_failure(
@@ -879,7 +883,8 @@ pub async fn cleanup(client: &CarerixClient, temporary: &Temporary) -> Option<Ch
             format!("could not delete the temporary application {app} ({})", describe(&e)),
             format!(
                 "Delete the application {app} (named {APPLICATION_PREFIX}…) with DELETE \
-                 /webhooks/v1/applications/{app}, or ask Carerix support"
+                 /webhooks/v1/applications/{app} once the Webhooks permission delete is owner \
+                 ({GUIDE} step 2), or ask Carerix support to remove it"
             ),
         )),
     }
@@ -1186,7 +1191,7 @@ async fn rate_limit(client: &CarerixClient, webhooks_ok: bool, stats: &Stats, si
         sink.push(Check::note(
             id,
             name,
-            format!("{too_many} answers were 429 Too Many Requests (retried); {seen}"),
+            format!("{too_many} answer(s) were 429 Too Many Requests (retried); {seen}"),
         ));
     } else {
         sink.push(Check::pass(id, name, format!("no 429 answers; {seen}")));
