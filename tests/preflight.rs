@@ -15,6 +15,7 @@ const SECRET: &str = "demo-secret";
 async fn start(activated: bool, tweak: impl FnOnce(&mut Config)) -> SimHandle {
     let mut c = Config::for_tests();
     c.records_per_entity = 120;
+    c.key_bits = 512; // key generation dominates in debug builds; 512 bits is plenty for a test
     c.same_second_burst = 10;
     c.tenants.push(TenantConfig { name: "acme".into(), webhooks_activated: activated });
     c.clients.push(ClientConfig {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 async fn start(switches: Switches) -> SimHandle {
     let mut c = Config::for_tests();
     c.records_per_entity = 5;
+    c.key_bits = 512; // key generation dominates in debug builds; 512 bits is plenty for a test
     c.tenants.push(TenantConfig { name: "acme".into(), webhooks_activated: true });
     c.clients.push(ClientConfig {
         tenant: "acme".into(),
@@ -321,7 +322,7 @@ impl Drop for Bin {
 
 fn start_binary(flags: &[&str]) -> (Bin, url::Url) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_carerix-sim"))
-        .args(["--listen", "127.0.0.1:0", "--records", "3", "--key-bits", "1024"])
+        .args(["--listen", "127.0.0.1:0", "--records", "3", "--key-bits", "512"])
         .args(["--client", "acme:demo-client:demo-secret", "--webhooks-activated"])
         .args(flags)
         .stdout(Stdio::piped())
