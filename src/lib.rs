@@ -8,6 +8,7 @@
 //! - [`run`], [`server`], [`leader`], [`metrics`]: the running process.
 //! - [`crdgen`]: the CRD YAML as shipped in `crds/`.
 //! - [`backoff`]: the exponential backoff the reconciler, the client and the sync share.
+//! - [`preflight`]: `carerix-operator preflight`, the checks of a tenant before anything is applied.
 
 pub mod api;
 pub mod carerix;
@@ -17,6 +18,7 @@ pub mod controller;
 pub mod crdgen;
 pub mod leader;
 pub mod metrics;
+pub mod preflight;
 pub mod receiver;
 pub mod run;
 pub mod server;

@@ -19,6 +19,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CarerixConnection CustomResourceDefinition as YAML.
     Crd,
+    /// Check a Carerix tenant before anything is applied (docs/carerix-setup.md).
+    Preflight(Box<carerix_operator::preflight::PreflightArgs>),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Preflight(args) => carerix_operator::preflight::main(&args),
         Command::Run(args) => {
             init_tracing(args.log_format, &args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

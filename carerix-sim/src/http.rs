@@ -402,12 +402,24 @@ async fn webhooks(
     if !ok {
         return err_resp(403, &format!("Access denied. Required scopes: {}", auth::WEBHOOKS_MANAGE));
     }
+    let sw = sim.switches();
+    let needed = crate::switches::Permission::of_request(method, rest);
+    if sw.denies(needed) {
+        return err_resp(
+            403,
+            &format!(
+                "Access denied: permission urn:cx/webhooks:data/webhooks:{} is not granted",
+                needed.as_str()
+            ),
+        );
+    }
     let params = query_params(uri);
     let fields = params.get("fields").and_then(Value::as_str);
     let parse_body = || serde_json::from_slice::<Value>(body).ok();
     let result: Result<Response, SimError> = match (method.clone(), rest) {
         (Method::GET, []) => sim.api_applications(tenant).map(|apps| {
-            let items = apps.iter().map(|a| select(application_json(a), fields, false)).collect();
+            let items =
+                apps.iter().map(|a| select(sw.application(application_json(a)), fields, false)).collect();
             json_resp(200, &page_json(items, &params))
         }),
         (Method::POST, []) => {
@@ -415,27 +427,29 @@ async fn webhooks(
                 return err_resp(400, "Request body must be JSON");
             };
             let name = b.get("name").and_then(Value::as_str).unwrap_or_default();
-            sim.create_application(tenant, caller, name).await.map(|a| json_resp(201, &application_json(&a)))
+            sim.create_application(tenant, caller, name)
+                .await
+                .map(|a| json_resp(201, &sw.application(application_json(&a))))
         }
         (Method::GET, [app]) => sim
             .api_application(tenant, app)
-            .map(|a| json_resp(200, &select(application_json(&a), fields, true))),
+            .map(|a| json_resp(200, &select(sw.application(application_json(&a)), fields, true))),
         (Method::DELETE, [app]) => {
             sim.delete_application(tenant, Some(caller), app).map(|()| StatusCode::NO_CONTENT.into_response())
         }
         (Method::GET, [app, "webhooks"]) => sim.api_webhooks(tenant, app).map(|ws| {
-            let items = ws.iter().map(|w| select(webhook_json(w), fields, false)).collect();
+            let items = ws.iter().map(|w| select(sw.webhook(webhook_json(w)), fields, false)).collect();
             json_resp(200, &page_json(items, &params))
         }),
         (Method::POST, [app, "webhooks"]) => {
             let Some(b) = parse_body() else {
                 return err_resp(400, "Request body must be JSON");
             };
-            sim.create_webhook(tenant, caller, app, &b).map(|w| json_resp(201, &webhook_json(&w)))
+            sim.create_webhook(tenant, caller, app, &b).map(|w| json_resp(201, &sw.webhook(webhook_json(&w))))
         }
-        (Method::GET, [app, "webhooks", id]) => {
-            sim.api_webhook(tenant, app, id).map(|w| json_resp(200, &select(webhook_json(&w), fields, true)))
-        }
+        (Method::GET, [app, "webhooks", id]) => sim
+            .api_webhook(tenant, app, id)
+            .map(|w| json_resp(200, &select(sw.webhook(webhook_json(&w)), fields, true))),
         (Method::DELETE, [app, "webhooks", id]) => sim
             .api_webhook(tenant, app, id)
             .and_then(|_| sim.delete_webhook(tenant, Some(caller), id))
@@ -444,7 +458,7 @@ async fn webhooks(
             let status = if *action == "enable" { WebhookStatus::Enabled } else { WebhookStatus::Disabled };
             sim.api_webhook(tenant, app, id)
                 .and_then(|_| sim.set_webhook_status(tenant, Some(caller), id, status))
-                .map(|w| json_resp(200, &webhook_json(&w)))
+                .map(|w| json_resp(200, &sw.webhook(webhook_json(&w))))
         }
         (_, [] | [_] | [_, "webhooks"] | [_, "webhooks", _] | [_, "webhooks", _, "enable" | "disable"]) => {
             Ok(err_resp(405, "Method not allowed"))
@@ -592,6 +606,16 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
         (Method::GET, ["deliveries"]) => {
             json_resp(200, &serde_json::to_value(sim.delivery_log()).unwrap_or(Value::Null))
         }
+        (Method::GET, ["switches"]) => {
+            json_resp(200, &serde_json::to_value(sim.switches()).unwrap_or(Value::Null))
+        }
+        (Method::PUT, ["switches"]) => match serde_json::from_value::<crate::switches::Switches>(b.clone()) {
+            Ok(sw) => {
+                sim.set_switches(sw);
+                json_resp(200, &serde_json::to_value(sim.switches()).unwrap_or(Value::Null))
+            }
+            Err(e) => err_resp(400, &format!("bad switches: {e}")),
+        },
         (Method::DELETE, ["logs"]) => {
             sim.clear_logs();
             json_resp(200, &json!({"cleared": true}))

@@ -28,6 +28,7 @@ mod http;
 pub mod model;
 pub mod qualifier;
 pub mod sim;
+pub mod switches;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use sim::{
     ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim,
     SimError, TenantInfo, WebhookInfo, WebhookStatus,
 };
+pub use switches::{Permission, Switches};
 
 /// Errors of starting the emulator.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Clients to register at start.
     pub clients: Vec<ClientConfig>,
+    /// Behaviour switches of the webhooks REST API (see [`Switches`]); changeable at run time.
+    pub switches: Switches,
 }
 
 impl Default for Config {
@@ -150,6 +154,7 @@ impl Default for Config {
             emit_deleted_events: false,
             tenants: Vec::new(),
             clients: Vec::new(),
+            switches: Switches::default(),
         }
     }
 }
@@ -218,6 +223,7 @@ pub async fn spawn(config: Config) -> Result<SimHandle, Error> {
     let signer = auth::Signer::new(&key)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let sim = Arc::new(Sim::new(config.clone(), signer, base_url.clone(), tx));
+    sim.set_switches(config.switches.clone());
     for t in &config.tenants {
         sim.create_tenant(&t.name, t.webhooks_activated, None)?;
     }

@@ -44,6 +44,11 @@ ADMIN API (JSON, no auth; not part of Carerix)
   GET    /admin/v1/requests                                 request log (seq, time, method, path, tenant, client_id, operation, status)
   GET    /admin/v1/deliveries                               delivery log (job_id, webhook_id, url, attempt, status_code, error, payload)
   DELETE /admin/v1/logs                                     clear both logs
+  GET    /admin/v1/switches                                 behaviour switches in force
+  PUT    /admin/v1/switches                                 {creator_service_account_ids?, hide_public_key?,
+                                                            mask_header_values?, missing_permission?
+                                                            (create|read|update|delete), contact_event_prefix?}
+                                                            replaces all switches (missing = off)
 
   {entity} is a Carerix type (CREmployee, CRUser, ...), an event prefix (cremployee, crcontact, ...)
   or the operator name (candidates, vacancies, companies, contacts, placements, matches, publications).
@@ -98,6 +103,21 @@ struct Args {
     /// Also emit <entity>:deleted webhook events (undocumented by Carerix).
     #[arg(long)]
     deleted_events: bool,
+    /// Report `_createdBy._id` of applications and webhooks as a service-account UUID, not the client id.
+    #[arg(long)]
+    creator_service_account_ids: bool,
+    /// Leave signatureVerification.publicKey out of webhooks REST answers.
+    #[arg(long)]
+    hide_public_key: bool,
+    /// Answer custom header values as ******** in webhooks REST answers.
+    #[arg(long)]
+    mask_header_values: bool,
+    /// Refuse (403) every webhooks call that needs this permission.
+    #[arg(long, value_enum, value_name = "PERMISSION")]
+    missing_permission: Option<carerix_sim::Permission>,
+    /// Emit contact events with this prefix instead of crcontact (e.g. cruser).
+    #[arg(long, value_name = "PREFIX")]
+    contact_event_prefix: Option<String>,
 }
 
 #[tokio::main]
@@ -119,6 +139,13 @@ async fn main() -> anyhow::Result<()> {
         same_second_burst: args.same_second_burst,
         key_bits: args.key_bits,
         emit_deleted_events: args.deleted_events,
+        switches: carerix_sim::Switches {
+            creator_service_account_ids: args.creator_service_account_ids,
+            hide_public_key: args.hide_public_key,
+            mask_header_values: args.mask_header_values,
+            missing_permission: args.missing_permission,
+            contact_event_prefix: args.contact_event_prefix.clone(),
+        },
         ..carerix_sim::Config::default()
     };
     for t in &args.tenants {

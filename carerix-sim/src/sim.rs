@@ -240,6 +240,7 @@ pub(crate) struct State {
     pub(crate) request_log: Vec<RequestLogEntry>,
     pub(crate) delivery_log: Vec<DeliveryLogEntry>,
     buckets: HashMap<String, Bucket>,
+    switches: crate::switches::Switches,
 }
 
 /// The emulator: shared state plus admin methods. Obtain it from [`crate::SimHandle::sim`].
@@ -431,6 +432,18 @@ impl Sim {
 
     pub(crate) fn token_epoch(&self) -> u64 {
         self.lock().token_epoch
+    }
+
+    // ---------------------------------------------------------------- switches
+
+    /// The behaviour switches in force.
+    pub fn switches(&self) -> crate::switches::Switches {
+        self.lock().switches.clone()
+    }
+
+    /// Replaces the behaviour switches (they apply to the next request).
+    pub fn set_switches(&self, switches: crate::switches::Switches) {
+        self.lock().switches = switches;
     }
 
     // ---------------------------------------------------------------- faults and rate limit
@@ -629,8 +642,12 @@ impl Sim {
     }
 
     fn emit(&self, tenant: &str, entity: Entity, id: u64, action: &str, changed: Vec<String>) {
-        let event = format!("{}:{action}", entity.event_prefix());
         let st = self.lock();
+        let prefix = match (&st.switches.contact_event_prefix, entity) {
+            (Some(p), Entity::Contact) => p.clone(),
+            _ => entity.event_prefix(),
+        };
+        let event = format!("{prefix}:{action}");
         let Some(t) = st.tenants.get(tenant) else { return };
         if !t.webhooks_activated {
             return;

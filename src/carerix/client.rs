@@ -435,6 +435,53 @@ impl CarerixClient {
     }
 }
 
+/// The status, headers and timing of one request sent by [`CarerixClient::probe`]; the body is
+/// not kept.
+#[derive(Debug, Clone)]
+pub struct ProbeAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The response headers (Carerix sends no secret in them).
+    pub headers: reqwest::header::HeaderMap,
+    /// Time from sending to the end of the body.
+    pub elapsed: Duration,
+}
+
+impl CarerixClient {
+    /// Sends one `GET {api_url}/{segments}?{query}` with the current token, once (no retries, no
+    /// re-authentication), and returns its status and headers: for diagnostics such as reading
+    /// `X-RateLimit-*` headers. It waits for the rate limiter like every request.
+    ///
+    /// # Errors
+    ///
+    /// The token errors, [`Error::Config`] for a bad path, [`Error::Transport`].
+    pub async fn probe(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<ProbeAnswer> {
+        let inner = &self.inner;
+        let (token, _) = inner.tokens.bearer(&inner.http, inner.observer.as_ref()).await?;
+        let mut url = join(&inner.api_url, segments)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let waited = inner.limiter.until_ready().await;
+        inner.observer.on_rate_limit_wait(&inner.tenant, waited);
+        let start = Instant::now();
+        let response = inner
+            .http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| Error::transport("probe", e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        response.bytes().await.map_err(|e| Error::transport("probe", e))?;
+        let elapsed = start.elapsed();
+        inner.observer.on_request("probe", Some(status), elapsed);
+        Ok(ProbeAnswer { status, headers, elapsed })
+    }
+}
+
 /// Whether a failed request cannot have had an effect at Carerix, so even a non-idempotent
 /// request may be sent again.
 fn safe_to_resend(error: &Error) -> bool {

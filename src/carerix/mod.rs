@@ -33,7 +33,7 @@ pub mod webhooks;
 mod tests;
 
 pub use auth::{Credentials, SecretString, TokenInfo};
-pub use client::{CarerixClient, CarerixClientBuilder, RetryPolicy};
+pub use client::{CarerixClient, CarerixClientBuilder, ProbeAnswer, RetryPolicy};
 pub use entity::{Entity, UnknownEntity};
 pub use error::{Error, ErrorKind, Result, TransportKind, WebhooksPermission};
 pub use graphql::{Direction, GraphQlHandler, Page, PageRequest, all_documents};
