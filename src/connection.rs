@@ -49,6 +49,8 @@ pub enum SecretProblem {
     NotFound(String),
     /// A key is missing or empty.
     MissingKey { secret: String, key: &'static str },
+    /// A key the operator refuses rather than ignores (`apiKey`).
+    Refused(crate::preflight::secret::SecretKeyProblem),
 }
 
 /// Reading the credentials failed.
@@ -67,6 +69,7 @@ pub fn credentials_in(name: &str, secret: Option<&Secret>) -> Result<SecretCrede
     let Some(secret) = secret else {
         return Err(SecretProblem::NotFound(name.to_string()));
     };
+    crate::preflight::secret::check_secret(name, secret).map_err(SecretProblem::Refused)?;
     let Some(client_id) = secret_value(secret, "clientId") else {
         return Err(SecretProblem::MissingKey { secret: name.to_string(), key: "clientId" });
     };
@@ -176,5 +179,16 @@ mod tests {
         let s = secret(&[("clientId", "id"), ("clientSecret", "x")]);
         let c = credentials_in("cx", Some(&s)).unwrap();
         assert_eq!(c.credentials.client_id, "id");
+    }
+
+    #[test]
+    fn an_api_key_in_the_secret_is_refused_with_where_it_belongs_never_ignored() {
+        let s = secret(&[("clientId", "id"), ("clientSecret", "x"), ("apiKey", "s3cr3t-value-9f2")]);
+        let Err(SecretProblem::Refused(problem)) = credentials_in("cx", Some(&s)) else {
+            panic!("a Secret with apiKey must be refused");
+        };
+        let message = problem.to_string();
+        assert!(message.contains("clientSecret"), "{message}");
+        assert!(!message.contains("s3cr3t-value-9f2"), "the value never appears: {message}");
     }
 }

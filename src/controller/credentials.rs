@@ -47,6 +47,7 @@ pub fn secret_failure(ns: &str, problem: &SecretProblem) -> Failure {
         SecretProblem::MissingKey { secret, key } => {
             Failure::stall(Reason::InvalidSecret, message::invalid_secret(ns, secret, key))
         }
+        SecretProblem::Refused(problem) => Failure::stall(Reason::InvalidSecret, problem.to_string()),
     }
 }
 
