@@ -69,7 +69,7 @@ pub struct CarerixConnectionSpec {
 
     /// The Secret in this namespace that holds the OAuth client credentials: keys `clientId` and
     /// `clientSecret` (a confidential client with the scopes `urn:cx/cx5Acl:data:manage`,
-    /// `urn:cx/cx5Wrapper:data:manage` and `urn:cx/webhooks:data:manage`), optionally `apiKey`.
+    /// `urn:cx/cx5Wrapper:data:manage` and `urn:cx/webhooks:data:manage`); an `apiKey` key is refused (see docs/carerix-setup.md).
     pub credentials_secret_ref: SecretReference,
 
     /// Base URL of the Carerix identity service that issues tokens for this tenant, for example

@@ -106,7 +106,10 @@ fn reconciler_client(
 pub fn reconciler_retry_policy(retries: u32) -> RetryPolicy {
     RetryPolicy {
         max_retries: retries,
-        backoff: crate::backoff::BackoffPolicy { base: Duration::from_millis(200), max: Duration::from_secs(1) },
+        backoff: crate::backoff::BackoffPolicy {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        },
         max_retry_after: Duration::ZERO,
     }
 }
