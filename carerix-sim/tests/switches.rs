@@ -14,6 +14,7 @@ async fn start(switches: Switches) -> SimHandle {
     let mut c = Config::for_tests();
     c.records_per_entity = 5;
     c.key_bits = 512; // key generation dominates in debug builds; 512 bits is plenty for a test
+    c.rate_limit_per_sec = 1000; // these tests check permissions, not the rate limit
     c.tenants.push(TenantConfig { name: "acme".into(), webhooks_activated: true });
     c.clients.push(ClientConfig {
         tenant: "acme".into(),
