@@ -223,6 +223,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let alive = Arc::new(AtomicBool::new(true));
     // Without leader election this replica always leads.
     let leading = Arc::new(AtomicBool::new(!args.leader_elect));
+    metrics.set_leader(!args.leader_elect);
     let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
     let state = ServerState {
         client: client.clone(),
@@ -283,12 +284,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                     if acquired {
                         info!(identity = %identity, "acquired the lease; starting the controllers");
                         leading.store(true, Ordering::SeqCst);
+                        metrics.set_leader(true);
                         let renew = leader.keep_renewing(shutdown_tx.clone());
                         tokio::select! {
                             () = controllers => {}
                             () = renew => { warn!("lost the lease; stopping"); }
                         }
                         leading.store(false, Ordering::SeqCst);
+                        metrics.set_leader(false);
                         leader.release().await;
                     }
                 }

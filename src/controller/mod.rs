@@ -324,6 +324,7 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<CarerixConnection> = Api::namespaced(ctx.client.clone(), &ns);
     let ctx2 = ctx.clone();
+    let (name, deleting) = (obj.name_any(), obj.metadata.deletion_timestamp.is_some());
     let result = finalizer(&api, FINALIZER, obj, |event| async move {
         match event {
             Finalizer::Apply(obj) => apply(obj, ctx2).await,
@@ -334,6 +335,8 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(err) = &result {
         ctx.metrics.reconcile_failed(err.metric_label());
+    } else if !deleting {
+        ctx.metrics.reconcile_succeeded(&ns, &name);
     }
     result
 }
@@ -1000,6 +1003,7 @@ async fn write_status(
         sync: if obj.spec.sync.is_some() { sync.or(old.sync.clone()) } else { None },
     };
     ctx.metrics.set_conditions(obj, &status.conditions);
+    ctx.metrics.set_sync_status(&obj.namespace().unwrap_or_default(), &obj.name_any(), status.sync.as_ref());
     let unchanged = conditions::same_ignoring_time(&old.conditions, &status.conditions)
         && old.observed_generation == status.observed_generation
         && old.last_handled_reconcile_at == status.last_handled_reconcile_at
