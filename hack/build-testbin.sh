@@ -46,6 +46,7 @@ build etcd etcd go.etcd.io/etcd/server/v3
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$vflags"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "$vflags"
 build helm helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}"
+build promtool prometheus github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=3.16.0"
 
 log "done in $(( $(date +%s) - start ))s"
 echo "$TESTBIN_DIR"
