@@ -316,7 +316,8 @@ impl Metrics {
             });
         }
         for entity in crate::carerix::Entity::ALL {
-            let labels = EntityLabels { namespace: namespace.into(), name: name.into(), entity: entity.name().into() };
+            let labels =
+                EntityLabels { namespace: namespace.into(), name: name.into(), entity: entity.name().into() };
             self.sync_initial.remove(&labels);
             self.sync_entity_records.remove(&labels);
             self.sync_entity_total.remove(&labels);

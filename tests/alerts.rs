@@ -42,7 +42,8 @@ fn rendered_alerts(rule: &Value) -> Vec<&Value> {
 fn every_alert_has_a_unit_test_and_a_runbook_section() {
     let alerts = alert_names_in_template();
     assert!(alerts.len() >= 10, "the template defines the alerts: {alerts:?}");
-    let tests = std::fs::read_to_string(repo_root().join("tests/alerts/alerts-test.yaml")).expect("test file");
+    let tests =
+        std::fs::read_to_string(repo_root().join("tests/alerts/alerts-test.yaml")).expect("test file");
     let runbook = std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("runbook");
     for alert in &alerts {
         assert!(
@@ -53,7 +54,10 @@ fn every_alert_has_a_unit_test_and_a_runbook_section() {
             tests.contains(&format!("alertname: {alert}\n        exp_alerts: []")),
             "tests/alerts/alerts-test.yaml never checks that {alert} stays quiet or resolves"
         );
-        assert!(runbook.contains(&format!("\n### {alert}\n")), "docs/operations.md has no section ### {alert}");
+        assert!(
+            runbook.contains(&format!("\n### {alert}\n")),
+            "docs/operations.md has no section ### {alert}"
+        );
     }
 }
 
@@ -62,7 +66,8 @@ fn every_alert_has_a_unit_test_and_a_runbook_section() {
 fn the_rendered_rules_pass_promtool_check_and_name_metrics_the_operator_exports() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let rule = write_rule_file(dir.path(), &[]);
-    let (ok, text) = run(Command::new(promtool()).arg("check").arg("rules").arg(dir.path().join("rules.yaml")));
+    let (ok, text) =
+        run(Command::new(promtool()).arg("check").arg("rules").arg(dir.path().join("rules.yaml")));
     assert!(ok, "promtool check rules:\n{text}");
     assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
 
@@ -74,7 +79,10 @@ fn the_rendered_rules_pass_promtool_check_and_name_metrics_the_operator_exports(
             assert!(annotations[key].as_str().is_some_and(|s| !s.is_empty()), "{name} has no {key}");
         }
         let anchor = format!("#{}", name.to_lowercase());
-        assert!(annotations["runbook_url"].as_str().is_some_and(|u| u.ends_with(&anchor)), "{name}: runbook_url");
+        assert!(
+            annotations["runbook_url"].as_str().is_some_and(|u| u.ends_with(&anchor)),
+            "{name}: runbook_url"
+        );
         let expr = alert["expr"].as_str().expect("expr");
         let used = metric_names(expr);
         assert!(!used.is_empty(), "{name} uses no operator metric: {expr}");
@@ -91,7 +99,8 @@ fn each_alert_fires_and_resolves_in_promtool_unit_tests() {
     write_rule_file(dir.path(), &[]);
     std::fs::copy(repo_root().join("tests/alerts/alerts-test.yaml"), dir.path().join("alerts-test.yaml"))
         .expect("copy the test file");
-    let (ok, text) = run(Command::new(promtool()).current_dir(dir.path()).args(["test", "rules", "alerts-test.yaml"]));
+    let (ok, text) =
+        run(Command::new(promtool()).current_dir(dir.path()).args(["test", "rules", "alerts-test.yaml"]));
     assert!(ok, "promtool test rules:\n{text}");
     assert!(text.contains("SUCCESS"), "{text}");
 }
@@ -100,17 +109,21 @@ fn each_alert_fires_and_resolves_in_promtool_unit_tests() {
 #[ignore = "needs helm and promtool from hack/build-testbin.sh: hack/test.sh"]
 fn the_thresholds_come_from_the_values() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let rule = write_rule_file(dir.path(), &[
-        "prometheusRule.syncLagThresholdSeconds=7200",
-        "prometheusRule.notReadyFor=30m",
-        "prometheusRule.labels.release=kube-prometheus",
-    ]);
+    let rule = write_rule_file(
+        dir.path(),
+        &[
+            "prometheusRule.syncLagThresholdSeconds=7200",
+            "prometheusRule.notReadyFor=30m",
+            "prometheusRule.labels.release=kube-prometheus",
+        ],
+    );
     assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");
     let alerts = rendered_alerts(&rule);
     let find = |n: &str| *alerts.iter().find(|a| a["alert"] == n).expect("the alert exists");
     assert!(find("CarerixSyncLagHigh")["expr"].as_str().is_some_and(|e| e.ends_with("> 7200")));
     assert_eq!(find("CarerixConnectionNotReady")["for"], "30m");
-    let (ok, text) = run(Command::new(promtool()).arg("check").arg("rules").arg(dir.path().join("rules.yaml")));
+    let (ok, text) =
+        run(Command::new(promtool()).arg("check").arg("rules").arg(dir.path().join("rules.yaml")));
     assert!(ok, "promtool check rules:\n{text}");
 }
 
@@ -120,7 +133,9 @@ async fn a_live_scrape_of_the_operator_passes_promtool_check_metrics() {
     let cp = control_plane();
     let live = LiveOperator::start(cp).await;
     let scrape = live.scrape().await;
-    for family in ["carerix_operator_leader 1", "carerix_operator_last_successful_reconcile_timestamp_seconds{"] {
+    for family in
+        ["carerix_operator_leader 1", "carerix_operator_last_successful_reconcile_timestamp_seconds{"]
+    {
         assert!(scrape.contains(family), "{family} missing from the scrape:\n{scrape}");
     }
     let mut child = Command::new(promtool())

@@ -84,17 +84,20 @@ fn the_dashboard_has_the_panels_operators_look_for() {
 #[test]
 #[ignore = "needs helm from hack/build-testbin.sh: hack/test.sh"]
 fn the_chart_ships_the_dashboard_in_a_configmap_for_the_grafana_sidecar() {
-    let cm = render_template("templates/grafana-dashboard.yaml", &[
-        "grafanaDashboard.enabled=true",
-        "grafanaDashboard.namespace=monitoring",
-        "grafanaDashboard.annotations.grafana_folder=Carerix",
-    ]);
+    let cm = render_template(
+        "templates/grafana-dashboard.yaml",
+        &[
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.namespace=monitoring",
+            "grafanaDashboard.annotations.grafana_folder=Carerix",
+        ],
+    );
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["namespace"], "monitoring");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
     assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Carerix");
-    let json: Value =
-        serde_json::from_str(cm["data"]["carerix-operator.json"].as_str().expect("the JSON")).expect("valid JSON");
+    let json: Value = serde_json::from_str(cm["data"]["carerix-operator.json"].as_str().expect("the JSON"))
+        .expect("valid JSON");
     assert_eq!(json, dashboard(), "the ConfigMap carries the dashboard file unchanged");
 }
 
@@ -108,7 +111,9 @@ async fn every_query_names_a_metric_a_live_operator_exports() {
     // The connection's own series are there, under the labels the dashboard filters on.
     let ns = &live.namespace;
     assert!(
-        scrape.contains(&format!(r#"carerix_operator_condition{{namespace="{ns}",name="acme",type="Ready",status="True"}} 1"#)),
+        scrape.contains(&format!(
+            r#"carerix_operator_condition{{namespace="{ns}",name="acme",type="Ready",status="True"}} 1"#
+        )),
         "{scrape}"
     );
 }

@@ -32,7 +32,11 @@ use kube::{
 use view::{ConnectionView, Style, connection_view, render_text};
 
 #[derive(Parser, Debug)]
-#[command(name = "kubectl carerix", version, about = "Status, reconcile and preflight for carerix-operator's CarerixConnections")]
+#[command(
+    name = "kubectl carerix",
+    version,
+    about = "Status, reconcile and preflight for carerix-operator's CarerixConnections"
+)]
 struct Cli {
     /// Path to the kubeconfig (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, global = true)]
@@ -105,6 +109,8 @@ enum Error {
     OperatorBinaryMissing(String),
     #[error("could not run {0}: {1}")]
     Exec(String, std::io::Error),
+    #[error("cannot watch CarerixConnections: {0}")]
+    Watch(kube::runtime::watcher::Error),
     #[error("could not write the output: {0}")]
     Write(#[from] std::io::Error),
     #[error("could not encode JSON: {0}")]
@@ -173,10 +179,11 @@ async fn status(
     let mut stdout = std::io::stdout();
     if !watch {
         let objs = match &name {
-            Some(n) => vec![api.get_opt(n).await?.ok_or_else(|| Error::NotFound {
-                namespace: namespace.to_string(),
-                name: n.clone(),
-            })?],
+            Some(n) => vec![
+                api.get_opt(n)
+                    .await?
+                    .ok_or_else(|| Error::NotFound { namespace: namespace.to_string(), name: n.clone() })?,
+            ],
             None => api.list(&ListParams::default()).await?.items,
         };
         stdout.write_all(print_views(&views(objs.iter()), output, style)?.as_bytes())?;
@@ -198,7 +205,14 @@ async fn status(
             event = events.next() => {
                 let Some(event) = event else { return Ok(()) };
                 let key = |o: &CarerixConnection| (o.namespace().unwrap_or_default(), o.name_any());
-                match event? {
+                let event = match event {
+                    Ok(event) => event,
+                    // Before the first listing an error is the answer (no CRD, no access);
+                    // afterwards the watch retries with backoff.
+                    Err(e) if !synced => return Err(Error::Watch(e)),
+                    Err(_) => continue,
+                };
+                match event {
                     watcher::Event::Init => init.clear(),
                     watcher::Event::InitApply(o) => { init.insert(key(&o), o); }
                     watcher::Event::InitDone => { objs = std::mem::take(&mut init); synced = true; }
@@ -227,7 +241,12 @@ async fn status(
     }
 }
 
-async fn reconcile(api: Api<CarerixConnection>, namespace: &str, name: &str, timeout: Duration) -> Result<(), Error> {
+async fn reconcile(
+    api: Api<CarerixConnection>,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
     if api.get_opt(name).await?.is_none() {
         return Err(Error::NotFound { namespace: namespace.into(), name: name.into() });
     }
@@ -334,8 +353,9 @@ mod tests {
 
     #[test]
     fn the_command_line_reads_like_kubectl() {
-        let cli = Cli::try_parse_from(["kubectl-carerix", "status", "acme", "-n", "shop", "-w", "-o", "json"])
-            .expect("parses");
+        let cli =
+            Cli::try_parse_from(["kubectl-carerix", "status", "acme", "-n", "shop", "-w", "-o", "json"])
+                .expect("parses");
         assert_eq!(cli.namespace.as_deref(), Some("shop"));
         match cli.command {
             Command::Status { name, watch, output, all_namespaces } => {

@@ -85,7 +85,8 @@ pub struct EntityView {
     pub last_run_finished: Option<String>,
 }
 
-const ORDER: [&str; 6] = ["Ready", "Stalled", "Reconciling", "CredentialsValid", "WebhooksReady", "DataSynced"];
+const ORDER: [&str; 6] =
+    ["Ready", "Stalled", "Reconciling", "CredentialsValid", "WebhooksReady", "DataSynced"];
 
 fn words(c: &Condition) -> (String, bool) {
     let t = c.status == "True";
@@ -311,8 +312,11 @@ pub fn render_text(v: &ConnectionView, style: Style) -> String {
         let _ = writeln!(out, "  Webhooks {}:", w.summary.as_deref().unwrap_or("-"));
         let width = w.items.iter().map(|i| i.name.len()).max().unwrap_or(0);
         for i in &w.items {
-            let state =
-                if i.state == "enabled" { paint(style, GREEN, &i.state) } else { paint(style, RED, &i.state) };
+            let state = if i.state == "enabled" {
+                paint(style, GREEN, &i.state)
+            } else {
+                paint(style, RED, &i.state)
+            };
             let _ = writeln!(
                 out,
                 "    {:<width$}  {}  {}  -> {}",
@@ -347,8 +351,10 @@ mod tests {
     fn connection(status: CarerixConnectionStatus) -> CarerixConnection {
         let mut obj = CarerixConnection::new(
             "acme",
-            serde_json::from_value(serde_json::json!({"tenant": "acme", "credentialsSecretRef": {"name": "c"}}))
-                .expect("a valid spec"),
+            serde_json::from_value(
+                serde_json::json!({"tenant": "acme", "credentialsSecretRef": {"name": "c"}}),
+            )
+            .expect("a valid spec"),
         );
         obj.metadata.namespace = Some("shop".into());
         obj.status = Some(status);
@@ -400,7 +406,10 @@ mod tests {
         assert_eq!(e.rate_per_second, Some(2.5));
         assert_eq!(e.eta_seconds, Some(300));
         let text = render_text(&v, Style { terminal: false });
-        assert!(text.contains("candidates  initial sync  250/1000 (25%)  2.5 records/s  ETA 5m 00s"), "{text}");
+        assert!(
+            text.contains("candidates  initial sync  250/1000 (25%)  2.5 records/s  ETA 5m 00s"),
+            "{text}"
+        );
         assert!(text.contains("Initial sync in progress"), "{text}");
         assert!(!text.contains('\x1b'), "plain output has no escape codes: {text:?}");
     }
@@ -420,20 +429,30 @@ mod tests {
             conditions: vec![
                 condition("Ready", "False", "MissingScope", "the client lacks urn:cx/webhooks:data:manage"),
                 condition("Stalled", "True", "MissingScope", "the client lacks urn:cx/webhooks:data:manage"),
-                condition("CredentialsValid", "False", "MissingScope", "the client lacks urn:cx/webhooks:data:manage"),
+                condition(
+                    "CredentialsValid",
+                    "False",
+                    "MissingScope",
+                    "the client lacks urn:cx/webhooks:data:manage",
+                ),
             ],
             ..CarerixConnectionStatus::default()
         });
         let v = connection_view(&obj, now());
         assert_eq!(v.summary, "Stalled (MissingScope): the client lacks urn:cx/webhooks:data:manage");
-        assert_eq!(v.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [
-            "Ready",
-            "Stalled",
-            "CredentialsValid"
-        ]);
+        assert_eq!(
+            v.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
+            ["Ready", "Stalled", "CredentialsValid"]
+        );
         let text = render_text(&v, Style { terminal: false });
-        assert!(text.contains("!! Stalled           stalled: retrying will not help until someone acts"), "{text}");
-        assert!(text.contains("!! CredentialsValid  credentials are not valid (MissingScope: the client lacks"), "{text}");
+        assert!(
+            text.contains("!! Stalled           stalled: retrying will not help until someone acts"),
+            "{text}"
+        );
+        assert!(
+            text.contains("!! CredentialsValid  credentials are not valid (MissingScope: the client lacks"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,13 +42,15 @@ impl ControlPlane {
 
     async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).expect("readable kubeconfig");
-        let config =
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("valid kubeconfig");
         Client::try_from(config).expect("a kube client")
     }
 
     fn namespace(&self, prefix: &str) -> String {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let name = format!("{prefix}-{:08x}", (nanos as u64 ^ u64::from(std::process::id())) & 0xffff_ffff);
         let out = self.kubectl(&["create", "namespace", &name]);
         assert!(out.status.success(), "creating namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -60,7 +62,8 @@ fn control_plane() -> &'static ControlPlane {
     static CP: OnceLock<ControlPlane> = OnceLock::new();
     CP.get_or_init(|| {
         let cp = if let Ok(path) = std::env::var("CARERIX_TEST_KUBECONFIG") {
-            let kubectl = std::env::var("CARERIX_TEST_KUBECTL").map_or_else(|_| PathBuf::from("kubectl"), PathBuf::from);
+            let kubectl = std::env::var("CARERIX_TEST_KUBECTL")
+                .map_or_else(|_| PathBuf::from("kubectl"), PathBuf::from);
             ControlPlane { kubeconfig: PathBuf::from(path), kubectl }
         } else {
             let dir = std::env::temp_dir().join(format!("kubectl-carerix-cp-{}", std::process::id()));
@@ -77,10 +80,14 @@ fn control_plane() -> &'static ControlPlane {
                 String::from_utf8_lossy(&out.stderr)
             );
             let bin = std::fs::read_to_string(dir.join("bin")).expect("control plane wrote its bin dir");
-            ControlPlane { kubeconfig: dir.join("kubeconfig"), kubectl: PathBuf::from(bin.trim()).join("kubectl") }
+            ControlPlane {
+                kubeconfig: dir.join("kubeconfig"),
+                kubectl: PathBuf::from(bin.trim()).join("kubectl"),
+            }
         };
         let crds = repo_root().join("crds");
-        let out = cp.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().expect("utf-8")]);
+        let out =
+            cp.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().expect("utf-8")]);
         assert!(out.status.success(), "installing the CRD: {}", String::from_utf8_lossy(&out.stderr));
         let out = cp.kubectl(&[
             "wait",
@@ -88,10 +95,15 @@ fn control_plane() -> &'static ControlPlane {
             "--timeout=60s",
             "crd/carerixconnections.hiredata.io",
         ]);
-        assert!(out.status.success(), "the CRD was not established: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "the CRD was not established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for _ in 0..100 {
             let out = cp.kubectl(&["get", "--raw", "/apis/hiredata.io/v1alpha1"]);
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"carerixconnections\"") {
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"carerixconnections\"")
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -210,10 +222,16 @@ async fn status_tells_ready_progressing_and_stalled_connections_apart_in_plain_t
     assert!(text.contains(&format!("{ns}/ready  tenant acme  Ready\n")), "{text}");
     assert!(text.contains("ok DataSynced        data is synced"), "{text}");
     assert!(
-        text.contains("matches  enabled  crmatch:created,crmatch:updated  -> https://hooks.example.com/webhooks/ns/acme"),
+        text.contains(
+            "matches  enabled  crmatch:created,crmatch:updated  -> https://hooks.example.com/webhooks/ns/acme"
+        ),
         "{text}"
     );
-    assert!(text.contains(&format!("{ns}/syncing  tenant acme  Initial sync in progress: candidates: initial sync")));
+    assert!(
+        text.contains(&format!(
+            "{ns}/syncing  tenant acme  Initial sync in progress: candidates: initial sync"
+        ))
+    );
     assert!(text.contains("candidates  initial sync  250/1000 (25%)  2."), "rate of about 2.5/s: {text}");
     assert!(text.contains("ETA 5m"), "750 records left at 2.5/s: {text}");
     assert!(
@@ -222,7 +240,10 @@ async fn status_tells_ready_progressing_and_stalled_connections_apart_in_plain_t
         )),
         "{text}"
     );
-    assert!(text.contains("!! Stalled           stalled: retrying will not help until someone acts"), "{text}");
+    assert!(
+        text.contains("!! Stalled           stalled: retrying will not help until someone acts"),
+        "{text}"
+    );
 
     // One connection by name, and all namespaces.
     let one = stdout(&plugin(cp, &["status", "stalled", "-n", &ns]));
@@ -231,7 +252,10 @@ async fn status_tells_ready_progressing_and_stalled_connections_apart_in_plain_t
     assert!(all.contains(&format!("{ns}/ready")) && all.contains(&format!("{ns}/syncing")), "{all}");
     let missing = plugin(cp, &["status", "nope", "-n", &ns]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains(&format!("CarerixConnection {ns}/nope was not found")));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains(&format!("CarerixConnection {ns}/nope was not found"))
+    );
 }
 
 #[tokio::test]
@@ -309,7 +333,9 @@ impl Terminal {
     fn has_colour(&self) -> bool {
         let parser = self.screen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let screen = parser.screen();
-        (0..40).any(|row| (0..160).any(|col| screen.cell(row, col).is_some_and(|c| c.fgcolor() != vt100::Color::Default)))
+        (0..40).any(|row| {
+            (0..160).any(|col| screen.cell(row, col).is_some_and(|c| c.fgcolor() != vt100::Color::Default))
+        })
     }
 
     async fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
@@ -357,7 +383,8 @@ async fn status_watch_in_a_terminal_shows_the_bar_advance_while_the_initial_sync
     assert!(!later.contains("100/1000"), "the frame is redrawn in place:\n{later}");
 
     set_status(&api, "acme", ready_status()).await;
-    let done = term.wait_for("the end of the initial sync", |s| s.contains("1200 records, incremental")).await;
+    let done =
+        term.wait_for("the end of the initial sync", |s| s.contains("1200 records, incremental")).await;
     assert!(done.contains(&format!("{ns}/acme  tenant acme  Ready")), "{done}");
     assert_eq!(bar_cells(&done), 0, "{done}");
 }
@@ -377,9 +404,13 @@ async fn reconcile_sets_the_annotation_and_returns_once_the_operator_echoes_it()
         tokio::spawn(async move {
             loop {
                 let obj = api.get("acme").await.expect("readable");
-                if let Some(at) = obj.metadata.annotations.as_ref().and_then(|a| a.get(RECONCILE_REQUESTED_AT)) {
+                if let Some(at) =
+                    obj.metadata.annotations.as_ref().and_then(|a| a.get(RECONCILE_REQUESTED_AT))
+                {
                     let patch = json!({"status": {"lastHandledReconcileAt": at}});
-                    api.patch_status("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("echo");
+                    api.patch_status("acme", &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .expect("echo");
                     return at.clone();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -421,7 +452,11 @@ fn lone_plugin() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn preflight_without_the_operator_binary_says_where_it_looked() {
     let (_dir, plugin) = lone_plugin();
-    let out = Command::new(&plugin).env("PATH", "/nonexistent").args(["preflight", "--tenant", "acme"]).output().expect("runs");
+    let out = Command::new(&plugin)
+        .env("PATH", "/nonexistent")
+        .args(["preflight", "--tenant", "acme"])
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("carerix-operator was not found on PATH nor next to kubectl-carerix"), "{err}");

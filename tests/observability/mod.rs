@@ -47,7 +47,8 @@ pub fn promtool() -> &'static Path {
 /// One template of the chart rendered with the given `--set` values, as a JSON value.
 pub fn render_template(template: &str, sets: &[&str]) -> Value {
     let chart = repo_root().join("charts/carerix-operator");
-    let mut args = vec!["template", "cx", chart.to_str().expect("utf-8 path"), "--namespace", "carerix-system"];
+    let mut args =
+        vec!["template", "cx", chart.to_str().expect("utf-8 path"), "--namespace", "carerix-system"];
     for s in sets {
         args.extend(["--set", s]);
     }
@@ -71,9 +72,12 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(pos) = expr[i..].find("carerix_operator_") {
         let start = i + pos;
-        let preceded_by_ident = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let preceded_by_ident =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':')
+        {
             end += 1;
         }
         if !preceded_by_ident {
