@@ -4,6 +4,7 @@
 
 mod observability;
 mod support;
+mod sync_common;
 
 use std::{path::Path, process::Command};
 
@@ -71,7 +72,7 @@ fn the_rendered_rules_pass_promtool_check_and_name_metrics_the_operator_exports(
     assert!(ok, "promtool check rules:\n{text}");
     assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
 
-    let exported = observability::exported_sample_names(&carerix_operator::metrics::Metrics::new().render());
+    let exported = observability::exported_sample_names(&observability::exercised_registry());
     for alert in rendered_alerts(&rule) {
         let name = alert["alert"].as_str().expect("an alerting rule");
         let annotations = &alert["annotations"];

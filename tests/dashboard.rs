@@ -4,6 +4,7 @@
 
 mod observability;
 mod support;
+mod sync_common;
 
 use std::collections::BTreeSet;
 
@@ -53,7 +54,7 @@ fn check_against(exported: &BTreeSet<String>, source: &str) {
 
 #[test]
 fn every_query_names_a_metric_of_the_operators_registry() {
-    let exported = exported_sample_names(&carerix_operator::metrics::Metrics::new().render());
+    let exported = exported_sample_names(&observability::exercised_registry());
     check_against(&exported, "the operator's registry");
 }
 

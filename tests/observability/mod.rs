@@ -118,8 +118,9 @@ pub fn exported_sample_names(scrape: &str) -> BTreeSet<String> {
     names
 }
 
-/// A running operator with one Ready connection (webhooks in the emulator, a delivery to its
-/// receiver), and its `/metrics` text.
+/// A running operator with one Ready connection that syncs into PostgreSQL, a tight Carerix
+/// rate limit (so requests wait), and one delivery with a bad signature: every metric family
+/// has a series in its `/metrics`.
 pub struct LiveOperator {
     pub operator: Operator,
     pub sim: carerix_sim::SimHandle,
@@ -129,10 +130,13 @@ pub struct LiveOperator {
 impl LiveOperator {
     pub async fn start(cp: &ControlPlane) -> LiveOperator {
         let client = cp.client().await;
+        let db_url = crate::sync_common::postgres_url();
         let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
         let ns = cp.namespace("observe");
-        let operator = Operator::start(cp, &[&ns], &[]);
+        let schema = format!("observe_{}", &ns[ns.len() - 8..]);
         put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
+        put_secret(&client, &ns, "db", &[("url", &db_url)]).await;
+        let operator = Operator::start(cp, &[&ns], &["--carerix-rate-limit", "2"]);
         let url = sim.base_url().as_str().trim_end_matches('/').to_string();
         apply_connection(
             &client,
@@ -145,10 +149,23 @@ impl LiveOperator {
                 "apiUrl": url,
                 "interval": "5s",
                 "webhooks": [{"name": "matches", "events": ["crmatch:created"]}],
+                "sync": {
+                    "interval": "1m",
+                    "sink": {"postgres": {"connectionSecretRef": {"name": "db", "key": "url"}, "schema": schema}}
+                }
             }),
         )
         .await;
-        wait_condition(&client, &ns, "acme", "Ready", "True", None, Duration::from_secs(90)).await;
+        wait_condition(&client, &ns, "acme", "Ready", "True", None, Duration::from_secs(120)).await;
+        let delivery = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/webhooks/{ns}/acme", operator.port))
+            .header("Content-Type", "application/json")
+            .header("Cx-Signature", "not-a-signature")
+            .body(r#"{"event":"crmatch:created"}"#)
+            .send()
+            .await
+            .expect("the receiver answers");
+        assert!(delivery.status().is_client_error(), "a bad signature is refused: {}", delivery.status());
         LiveOperator { operator, sim, namespace: ns }
     }
 
@@ -158,4 +175,51 @@ impl LiveOperator {
         assert_eq!(status, 200, "{body}");
         body
     }
+}
+
+/// A registry in which every metric family has a series, through the operator's own calls.
+pub fn exercised_registry() -> String {
+    use carerix_operator::{
+        api::{CarerixConnection, EntitySyncStatus, SyncStatus},
+        metrics::Metrics,
+    };
+    use k8s_openapi::{
+        apimachinery::pkg::apis::meta::v1::{Condition, Time},
+        jiff::Timestamp,
+    };
+    let m = std::sync::Arc::new(Metrics::new());
+    let mut obj = CarerixConnection::new(
+        "acme",
+        serde_json::from_value(json!({"tenant": "acme", "credentialsSecretRef": {"name": "c"}})).expect("spec"),
+    );
+    obj.metadata.namespace = Some("shop".into());
+    drop(m.reconcile_timer());
+    m.reconcile_failed("CarerixUnavailable");
+    m.reconcile_succeeded("shop", "acme");
+    m.set_leader(true);
+    m.set_conditions(&obj, &[Condition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: "Ready".into(),
+        message: String::new(),
+        observed_generation: None,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }]);
+    m.set_sync_status("shop", "acme", Some(&SyncStatus {
+        entities: vec![EntitySyncStatus {
+            entity: "candidates".into(),
+            phase: "Initial".into(),
+            records: 10,
+            total: Some(100),
+            ..EntitySyncStatus::default()
+        }],
+        ..SyncStatus::default()
+    }));
+    m.sync_records("shop", "acme", "candidates", 10);
+    m.sync_lag("shop", "acme", "candidates", Duration::ZERO);
+    m.delivery("accepted");
+    let observer = m.carerix_observer();
+    observer.on_request("graphql", Some(200), Duration::from_millis(20));
+    observer.on_rate_limit_wait("acme", Duration::from_millis(100));
+    m.render()
 }
