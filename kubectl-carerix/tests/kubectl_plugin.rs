@@ -359,7 +359,7 @@ impl Drop for Terminal {
 }
 
 fn bar_cells(screen: &str) -> usize {
-    screen.lines().find(|l| l.contains("candidates")).map_or(0, |l| l.matches('█').count())
+    screen.lines().find(|l| l.trim_start().starts_with("candidates ")).map_or(0, |l| l.matches('█').count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
