@@ -190,31 +190,39 @@ pub fn exercised_registry() -> String {
     let m = std::sync::Arc::new(Metrics::new());
     let mut obj = CarerixConnection::new(
         "acme",
-        serde_json::from_value(json!({"tenant": "acme", "credentialsSecretRef": {"name": "c"}})).expect("spec"),
+        serde_json::from_value(json!({"tenant": "acme", "credentialsSecretRef": {"name": "c"}}))
+            .expect("spec"),
     );
     obj.metadata.namespace = Some("shop".into());
     drop(m.reconcile_timer());
     m.reconcile_failed("CarerixUnavailable");
     m.reconcile_succeeded("shop", "acme");
     m.set_leader(true);
-    m.set_conditions(&obj, &[Condition {
-        type_: "Ready".into(),
-        status: "True".into(),
-        reason: "Ready".into(),
-        message: String::new(),
-        observed_generation: None,
-        last_transition_time: Time(Timestamp::UNIX_EPOCH),
-    }]);
-    m.set_sync_status("shop", "acme", Some(&SyncStatus {
-        entities: vec![EntitySyncStatus {
-            entity: "candidates".into(),
-            phase: "Initial".into(),
-            records: 10,
-            total: Some(100),
-            ..EntitySyncStatus::default()
+    m.set_conditions(
+        &obj,
+        &[Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Ready".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
         }],
-        ..SyncStatus::default()
-    }));
+    );
+    m.set_sync_status(
+        "shop",
+        "acme",
+        Some(&SyncStatus {
+            entities: vec![EntitySyncStatus {
+                entity: "candidates".into(),
+                phase: "Initial".into(),
+                records: 10,
+                total: Some(100),
+                ..EntitySyncStatus::default()
+            }],
+            ..SyncStatus::default()
+        }),
+    );
     m.sync_records("shop", "acme", "candidates", 10);
     m.sync_lag("shop", "acme", "candidates", Duration::ZERO);
     m.delivery("accepted");
