@@ -77,6 +77,9 @@ struct ConnectionLabels {
     name: String,
 }
 
+const CONDITION_TYPES: [&str; 6] =
+    ["Ready", "Reconciling", "Stalled", "CredentialsValid", "WebhooksReady", "DataSynced"];
+
 /// All metrics of the operator.
 pub struct Metrics {
     registry: Registry,
@@ -278,6 +281,29 @@ impl Metrics {
                 self.conditions.get_or_create(&labels).set(i64::from(c.status == status));
             }
             self.set_reason(&namespace, &name, &c.type_, &c.reason);
+        }
+        // Reconciling and Stalled are present only while True: a condition that left the list
+        // must not keep its last series (a Stalled alert would never resolve).
+        for type_ in CONDITION_TYPES.iter().filter(|t| !conditions.iter().any(|c| c.type_ == **t)) {
+            for status in ["True", "False", "Unknown"] {
+                self.conditions.remove(&ConditionLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    r#type: (*type_).to_string(),
+                    status: status.to_string(),
+                });
+            }
+            let key = (namespace.clone(), name.clone(), (*type_).to_string());
+            if let Some(old) =
+                self.current_reasons.lock().unwrap_or_else(PoisonError::into_inner).remove(&key)
+            {
+                self.condition_reasons.remove(&ReasonLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    r#type: (*type_).to_string(),
+                    reason: old,
+                });
+            }
         }
     }
 
@@ -536,6 +562,11 @@ mod tests {
         let text = m.render();
         assert!(text.contains(r#"type="Stalled",reason="MissingScopes"} 1"#), "{text}");
         assert!(!text.contains("InvalidCredentials"), "{text}");
+        // Stalled leaves the list once resolved: its series go with it.
+        m.set_conditions(&obj, &[]);
+        let text = m.render();
+        assert!(!text.contains(r#"type="Stalled""#), "{text}");
+        m.set_conditions(&obj, &[cond("MissingScopes")]);
         m.forget_connection("ns", "acme");
         assert!(!m.render().contains("MissingScopes"));
     }
