@@ -5,6 +5,7 @@
 #   helm                            the chart tests
 #   argocd-lua-health               an Argo CD health.lua run under gopher-lua (hack/testbin/lua)
 #   kstatus                         Flux's view of an object (hack/testbin/kstatus)
+#   promtool                        checks and unit-tests the chart's alerts (hack/testbin/prometheus)
 # Prints the cache directory on its last line. Cached binaries are reused: a warm run is instant.
 # The two tools with our own main.go are rebuilt when their wrapper module changes.
 #
@@ -38,7 +39,7 @@ if [[ -z "$go_minor" || "$go_minor" -lt 26 ]]; then
 fi
 
 wanted=("$@")
-known=" etcd kube-apiserver kubectl helm argocd-lua-health kstatus "
+known=" etcd kube-apiserver kubectl helm argocd-lua-health kstatus promtool "
 for t in "${wanted[@]}"; do
   [[ "$known" == *" $t "* ]] || { log "unknown tool $t; known:$known"; exit 2; }
 done
@@ -77,6 +78,7 @@ build kubectl kube k8s.io/kubernetes/cmd/kubectl "$vflags"
 build helm helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}"
 build argocd-lua-health lua .
 build kstatus kstatus .
+build promtool prometheus github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=3.16.0"
 
 log "done in $(( $(date +%s) - start ))s"
 echo "$TESTBIN_DIR"

@@ -4,8 +4,9 @@
 //! `namespace` and `name`. The list with meanings is in docs/options.md.
 
 use std::{
-    sync::Arc,
-    time::{Duration, Instant},
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime},
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -21,7 +22,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{api::CarerixConnection, carerix};
+use crate::{
+    api::{CarerixConnection, SyncStatus},
+    carerix,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
@@ -59,6 +63,20 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    namespace: String,
+    name: String,
+    r#type: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    namespace: String,
+    name: String,
+}
+
 /// Every condition type the operator writes.
 const CONDITION_TYPES: [&str; 6] =
     ["Ready", "Reconciling", "Stalled", "CredentialsValid", "WebhooksReady", "DataSynced"];
@@ -77,6 +95,17 @@ pub struct Metrics {
     sync_records: Family<EntityLabels, Counter>,
     sync_lag: Family<EntityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     deliveries: Family<ResultLabels, Counter>,
+    leader: Gauge,
+    last_success: Family<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    sync_initial: Family<EntityLabels, Gauge>,
+    sync_entity_records: Family<EntityLabels, Gauge>,
+    sync_entity_total: Family<EntityLabels, Gauge>,
+    condition_reasons: Family<ReasonLabels, Gauge>,
+    /// The current reason of each (namespace, name, type), to remove the old series on change.
+    current_reasons: Mutex<HashMap<(String, String, String), String>>,
+    /// When each entity's last successful sync run finished; `sync_lag_seconds` is computed
+    /// from it at every scrape, so it grows while runs fail.
+    sync_finished: Mutex<HashMap<EntityLabels, SystemTime>>,
 }
 
 impl Default for Metrics {
@@ -153,6 +182,42 @@ impl Metrics {
             "Webhook deliveries received, by result",
             deliveries.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers (holds the Lease, or leader election is off)",
+            leader.clone(),
+        );
+        let last_success = Family::<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "last_successful_reconcile_timestamp_seconds",
+            "Unix time of the last reconcile pass of a connection that ended without error",
+            last_success.clone(),
+        );
+        let sync_initial = Family::<EntityLabels, Gauge>::default();
+        registry.register(
+            "sync_initial",
+            "1 while the initial full pass of an entity runs, 0 once it is incremental",
+            sync_initial.clone(),
+        );
+        let sync_entity_records = Family::<EntityLabels, Gauge>::default();
+        registry.register(
+            "sync_entity_records",
+            "Records of an entity in the sink, as last written to the status",
+            sync_entity_records.clone(),
+        );
+        let sync_entity_total = Family::<EntityLabels, Gauge>::default();
+        registry.register(
+            "sync_entity_total",
+            "During the initial pass: the records Carerix reports for the entity",
+            sync_entity_total.clone(),
+        );
+        let condition_reasons = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "condition_reason",
+            "1 for the current reason of each condition of each connection",
+            condition_reasons.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -166,11 +231,24 @@ impl Metrics {
             sync_records,
             sync_lag,
             deliveries,
+            leader,
+            last_success,
+            sync_initial,
+            sync_entity_records,
+            sync_entity_total,
+            condition_reasons,
+            current_reasons: Mutex::default(),
+            sync_finished: Mutex::default(),
         }
     }
 
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
+        let now = SystemTime::now();
+        for (labels, finished) in self.sync_finished.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let lag = now.duration_since(*finished).unwrap_or_default();
+            self.sync_lag.get_or_create(labels).set(lag.as_secs_f64());
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -214,11 +292,76 @@ impl Metrics {
                 };
                 self.conditions.get_or_create(&labels).set(i64::from(c.status == status));
             }
+            self.set_reason(&namespace, &name, &c.type_, &c.reason);
         }
+        // Reconciling and Stalled are present only while True: a condition that left the list
+        // must not keep its last series (a Stalled alert would never resolve).
+        for type_ in CONDITION_TYPES.iter().filter(|t| !conditions.iter().any(|c| c.type_ == **t)) {
+            for status in ["True", "False", "Unknown"] {
+                self.conditions.remove(&ConditionLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    r#type: (*type_).to_string(),
+                    status: status.to_string(),
+                });
+            }
+            let key = (namespace.clone(), name.clone(), (*type_).to_string());
+            if let Some(old) =
+                self.current_reasons.lock().unwrap_or_else(PoisonError::into_inner).remove(&key)
+            {
+                self.condition_reasons.remove(&ReasonLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    r#type: (*type_).to_string(),
+                    reason: old,
+                });
+            }
+        }
+    }
+
+    fn set_reason(&self, namespace: &str, name: &str, type_: &str, reason: &str) {
+        let key = (namespace.to_string(), name.to_string(), type_.to_string());
+        let mut current = self.current_reasons.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels = |reason: &str| ReasonLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            r#type: type_.into(),
+            reason: reason.into(),
+        };
+        if let Some(old) = current.get(&key).filter(|old| old.as_str() != reason) {
+            self.condition_reasons.remove(&labels(old));
+        }
+        self.condition_reasons.get_or_create(&labels(reason)).set(1);
+        current.insert(key, reason.to_string());
     }
 
     /// Removes the series of a deleted connection.
     pub fn forget_connection(&self, namespace: &str, name: &str) {
+        self.last_success.remove(&ConnectionLabels { namespace: namespace.into(), name: name.into() });
+        {
+            let mut current = self.current_reasons.lock().unwrap_or_else(PoisonError::into_inner);
+            current.retain(|(ns, n, type_), reason| {
+                let keep = ns != namespace || n != name;
+                if !keep {
+                    self.condition_reasons.remove(&ReasonLabels {
+                        namespace: ns.clone(),
+                        name: n.clone(),
+                        r#type: type_.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                keep
+            });
+        }
+        for entity in crate::carerix::Entity::ALL {
+            let labels =
+                EntityLabels { namespace: namespace.into(), name: name.into(), entity: entity.name().into() };
+            self.sync_initial.remove(&labels);
+            self.sync_entity_records.remove(&labels);
+            self.sync_entity_total.remove(&labels);
+            self.sync_lag.remove(&labels);
+            self.sync_finished.lock().unwrap_or_else(PoisonError::into_inner).remove(&labels);
+        }
         for type_ in CONDITION_TYPES {
             for status in ["True", "False", "Unknown"] {
                 self.conditions.remove(&ConditionLabels {
@@ -242,20 +385,53 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Sets the sync lag of an entity.
+    /// Sets the sync lag of an entity: its last successful run finished `lag` ago. The gauge
+    /// keeps growing from there at every scrape until the next successful run.
     pub fn sync_lag(&self, namespace: &str, name: &str, entity: &str, lag: Duration) {
-        self.sync_lag
-            .get_or_create(&EntityLabels {
-                namespace: namespace.into(),
-                name: name.into(),
-                entity: entity.into(),
-            })
-            .set(lag.as_secs_f64());
+        let labels = EntityLabels { namespace: namespace.into(), name: name.into(), entity: entity.into() };
+        let finished = SystemTime::now().checked_sub(lag).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.sync_lag.get_or_create(&labels).set(lag.as_secs_f64());
+        self.sync_finished.lock().unwrap_or_else(PoisonError::into_inner).insert(labels, finished);
     }
 
     /// Counts a delivery by its result (`accepted`, `duplicate`, `bad_signature`, ...).
     pub fn delivery(&self, result: &str) {
         self.deliveries.get_or_create(&ResultLabels { result: result.to_string() }).inc();
+    }
+
+    /// Sets whether this replica runs the controllers.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Records that a reconcile pass of a connection ended without error, now.
+    pub fn reconcile_succeeded(&self, namespace: &str, name: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_success
+            .get_or_create(&ConnectionLabels { namespace: namespace.into(), name: name.into() })
+            .set(now);
+    }
+
+    /// Sets the per-entity sync gauges (phase, records, Carerix's total) from a connection's
+    /// sync status as it is written.
+    pub fn set_sync_status(&self, namespace: &str, name: &str, sync: Option<&SyncStatus>) {
+        for e in sync.map(|s| s.entities.as_slice()).unwrap_or_default() {
+            let labels =
+                EntityLabels { namespace: namespace.into(), name: name.into(), entity: e.entity.clone() };
+            let initial = e.phase == "Initial";
+            self.sync_initial.get_or_create(&labels).set(i64::from(initial));
+            self.sync_entity_records.get_or_create(&labels).set(e.records);
+            match e.total.filter(|_| initial) {
+                Some(total) => {
+                    self.sync_entity_total.get_or_create(&labels).set(total);
+                }
+                None => {
+                    self.sync_entity_total.remove(&labels);
+                }
+            }
+        }
     }
 
     /// An observer for the Carerix client that feeds the request metrics.
@@ -322,34 +498,101 @@ mod tests {
     }
 
     #[test]
-    fn a_condition_that_goes_away_leaves_no_gauge_behind() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    fn progress_gauges_follow_the_sync_status_and_the_total_goes_once_incremental() {
+        use crate::api::EntitySyncStatus;
+        let m = Metrics::new();
+        let mut status = SyncStatus {
+            entities: vec![EntitySyncStatus {
+                entity: "candidates".into(),
+                phase: "Initial".into(),
+                records: 400,
+                total: Some(1000),
+                ..EntitySyncStatus::default()
+            }],
+            ..SyncStatus::default()
+        };
+        m.set_sync_status("ns", "acme", Some(&status));
+        let text = m.render();
+        let labels = r#"{namespace="ns",name="acme",entity="candidates"}"#;
+        assert!(text.contains(&format!("carerix_operator_sync_initial{labels} 1")), "{text}");
+        assert!(text.contains(&format!("carerix_operator_sync_entity_records{labels} 400")), "{text}");
+        assert!(text.contains(&format!("carerix_operator_sync_entity_total{labels} 1000")), "{text}");
+
+        status.entities[0].phase = "Incremental".into();
+        status.entities[0].records = 1000;
+        m.set_sync_status("ns", "acme", Some(&status));
+        let text = m.render();
+        assert!(text.contains(&format!("carerix_operator_sync_initial{labels} 0")), "{text}");
+        assert!(!text.contains("carerix_operator_sync_entity_total{"), "{text}");
+
+        m.forget_connection("ns", "acme");
+        assert!(!m.render().contains("carerix_operator_sync_entity_records{"));
+    }
+
+    #[test]
+    fn the_leader_gauge_and_the_last_success_time_are_exported() {
+        let m = Metrics::new();
+        m.set_leader(true);
+        m.reconcile_succeeded("ns", "acme");
+        let text = m.render();
+        assert!(text.contains("carerix_operator_leader 1"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(r#"carerix_operator_last_successful_reconcile_timestamp_seconds{namespace="ns",name="acme"}"#))
+            .unwrap_or_else(|| panic!("no last success series in:\n{text}"));
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number");
+        assert!(value > 1.7e9, "{line}");
+        m.set_leader(false);
+        assert!(m.render().contains("carerix_operator_leader 0"));
+    }
+
+    #[test]
+    fn a_condition_reason_series_is_replaced_when_the_reason_changes() {
         let m = Metrics::new();
         let mut obj = CarerixConnection::new(
             "acme",
             serde_json::from_value(serde_json::json!({
-            "tenant": "acme", "credentialsSecretRef": {"name": "s"}}))
-            .unwrap(),
+                "tenant": "acme",
+                "credentialsSecretRef": {"name": "creds"}
+            }))
+            .expect("a valid spec"),
         );
-        obj.metadata.namespace = Some("team".into());
-        let cond = |type_: &str, status: &str| Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: "R".into(),
+        obj.metadata.namespace = Some("ns".into());
+        let cond = |reason: &str| Condition {
+            type_: "Stalled".into(),
+            status: "True".into(),
+            reason: reason.into(),
             message: String::new(),
             observed_generation: None,
             last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ),
         };
-        m.set_conditions(&obj, &[cond("Ready", "False"), cond("Stalled", "True")]);
-        assert!(m.render().contains("type=\"Stalled\""));
-        m.set_conditions(&obj, &[cond("Ready", "True")]);
+        m.set_conditions(&obj, &[cond("InvalidCredentials")]);
+        assert!(m.render().contains(r#"reason="InvalidCredentials"} 1"#));
+        m.set_conditions(&obj, &[cond("MissingScopes")]);
         let text = m.render();
-        assert!(
-            !text.contains("type=\"Stalled\""),
-            "a Stalled gauge stayed after Stalled went away:\n{text}"
-        );
-        assert!(text.contains("type=\"Ready\""));
+        assert!(text.contains(r#"type="Stalled",reason="MissingScopes"} 1"#), "{text}");
+        assert!(!text.contains("InvalidCredentials"), "{text}");
+        // Stalled leaves the list once resolved: its series go with it.
+        m.set_conditions(&obj, &[]);
+        let text = m.render();
+        assert!(!text.contains(r#"type="Stalled""#), "{text}");
+        m.set_conditions(&obj, &[cond("MissingScopes")]);
+        m.forget_connection("ns", "acme");
+        assert!(!m.render().contains("MissingScopes"));
+    }
+
+    #[test]
+    fn the_sync_lag_grows_after_a_run_until_the_next_one() {
+        let m = Metrics::new();
+        m.sync_lag("ns", "acme", "candidates", Duration::from_secs(90));
+        let text = m.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("carerix_operator_sync_lag_seconds{"))
+            .unwrap_or_else(|| panic!("no lag in:\n{text}"));
+        let lag: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number");
+        assert!((90.0..120.0).contains(&lag), "{line}");
     }
 }

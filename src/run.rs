@@ -271,6 +271,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let alive = Arc::new(AtomicBool::new(true));
     // Without leader election this replica always leads.
     let leading = Arc::new(AtomicBool::new(!args.leader_elect));
+    metrics.set_leader(!args.leader_elect);
     let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
     // Every replica, leader or standby, keeps the connections in memory for the receiver.
     let (connections, watch_connections) = Connections::watch(&client, &args.namespaces);
@@ -364,6 +365,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                     if acquired {
                         info!(identity = %identity, "acquired the lease; starting the controllers");
                         leading.store(true, Ordering::SeqCst);
+                        metrics.set_leader(true);
                         let renew = leader.keep_renewing(shutdown_tx.clone());
                         tokio::select! {
                             () = controllers => {}
@@ -372,6 +374,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                         leading.store(false, Ordering::SeqCst);
                         // Stop all work, the sync included, before a standby may take over.
                         sync.shutdown().await;
+                        metrics.set_leader(false);
                         leader.release().await;
                     }
                 }

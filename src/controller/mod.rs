@@ -75,9 +75,10 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let _timer = ctx.metrics.reconcile_timer();
-    let api: Api<CarerixConnection> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<CarerixConnection> = Api::namespaced(ctx.client.clone(), &ns);
     let ctx2 = ctx.clone();
+    let (name, deleting) = (obj.name_any(), obj.metadata.deletion_timestamp.is_some());
     let result = finalizer(&api, FINALIZER, obj, |event| async move {
         match event {
             Finalizer::Apply(obj) => apply(obj, ctx2).await,
@@ -88,6 +89,8 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(err) = &result {
         ctx.metrics.reconcile_failed(err.metric_label());
+    } else if !deleting {
+        ctx.metrics.reconcile_succeeded(&ns, &name);
     }
     result
 }

@@ -224,6 +224,7 @@ pub async fn write(ctx: &Context, obj: &CarerixConnection, report: &Report) -> R
     let old = obj.status.clone().unwrap_or_default();
     let status = merge(obj, report, Timestamp::now());
     ctx.metrics.set_conditions(obj, &status.conditions);
+    ctx.metrics.set_sync_status(&obj.namespace().unwrap_or_default(), &obj.name_any(), status.sync.as_ref());
     if unchanged(&old, &status) {
         return Ok(());
     }
