@@ -27,6 +27,7 @@ pub mod graphql;
 mod http;
 pub mod model;
 pub mod qualifier;
+pub mod readings;
 pub mod sim;
 
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 pub use model::Entity;
+pub use readings::{IdOrder, Readings};
 pub use sim::{
     ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim,
     SimError, TenantInfo, WebhookInfo, WebhookStatus,
@@ -133,6 +135,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Clients to register at start.
     pub clients: Vec<ClientConfig>,
+    /// Readings of the INFERRED data-API points (default: the reading the sources lean to).
+    pub readings: Readings,
 }
 
 impl Default for Config {
@@ -150,6 +154,7 @@ impl Default for Config {
             emit_deleted_events: false,
             tenants: Vec::new(),
             clients: Vec::new(),
+            readings: Readings::default(),
         }
     }
 }
