@@ -249,7 +249,19 @@ pub struct SyncSpec {
 
     /// Where the data goes.
     pub sink: SinkSpec,
+
+    /// The fields to copy, per entity (`candidates: [firstName, lastName, toStatusNode]`): scalar
+    /// fields of the Carerix type, and to-one relations (stored as `{"_id": ...}`). `_id`,
+    /// `_kind`, `modificationDate`, `deleted` and the entity's own id field are always copied.
+    /// An entity not listed here copies every scalar field and the `_id` of every to-one relation.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, k in ['candidates', 'vacancies', 'companies', 'contacts', 'placements', 'matches', 'publications'])").message("sync.fields keys must be entity names: candidates, vacancies, companies, contacts, placements, matches, publications"))]
+    #[schemars(extend("maxProperties" = 7))]
+    pub fields: std::collections::BTreeMap<String, Vec<FieldName>>,
 }
+
+/// A field name of a Carerix type.
+pub type FieldName = String;
 
 fn all_entities() -> Vec<Entity> {
     Entity::ALL.to_vec()
@@ -261,6 +273,20 @@ fn all_entities() -> Vec<Entity> {
 pub struct SinkSpec {
     /// A PostgreSQL database.
     pub postgres: PostgresSink,
+    /// What happens to the synced rows when the CarerixConnection is deleted: `Keep` (default)
+    /// leaves them, `Drop` deletes the connection's rows, watermarks and processed events.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+/// What happens to the synced rows when the connection is deleted.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnDelete {
+    /// Leave the rows.
+    #[default]
+    Keep,
+    /// Delete the rows.
+    Drop,
 }
 
 /// A PostgreSQL sink.

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::model::{Entity, Record, Store};
 use crate::qualifier;
+use crate::readings::{IdOrder, Readings};
 
 /// Our SDL.
 pub const SDL: &str = include_str!("../schema/carerix-sim.graphql");
@@ -106,12 +107,17 @@ impl Prepared {
 
     /// Executes against a tenant's store. Returns the response body.
     pub fn execute(&self, store: &Store, page_cap: usize) -> Value {
+        self.execute_with(store, page_cap, &Readings::default())
+    }
+
+    /// Executes against a tenant's store under `readings`. Returns the response body.
+    pub fn execute_with(&self, store: &Store, page_cap: usize, readings: &Readings) -> Value {
         let Some(op) = self.operation() else {
             return error_body("operation not found", "ValidationError");
         };
         let mut errors = Vec::new();
         let mut data = Map::new();
-        self.exec_root(&op.selection_set, store, page_cap, &mut data, &mut errors);
+        self.exec_root(&op.selection_set, store, page_cap, readings, &mut data, &mut errors);
         let mut out = Map::new();
         out.insert("data".into(), Value::Object(data));
         if !errors.is_empty() {
@@ -125,6 +131,7 @@ impl Prepared {
         set: &SelectionSet,
         store: &Store,
         page_cap: usize,
+        readings: &Readings,
         data: &mut Map<String, Value>,
         errors: &mut Vec<Value>,
     ) {
@@ -132,12 +139,12 @@ impl Prepared {
             let field = match sel {
                 Selection::Field(f) => f,
                 Selection::InlineFragment(i) => {
-                    self.exec_root(&i.selection_set, store, page_cap, data, errors);
+                    self.exec_root(&i.selection_set, store, page_cap, readings, data, errors);
                     continue;
                 }
                 Selection::FragmentSpread(s) => {
                     if let Some(frag) = self.doc.fragments.get(&s.fragment_name) {
-                        self.exec_root(&frag.selection_set, store, page_cap, data, errors);
+                        self.exec_root(&frag.selection_set, store, page_cap, readings, data, errors);
                     }
                     continue;
                 }
@@ -149,7 +156,7 @@ impl Prepared {
             }
             let args = self.arguments(&field.arguments);
             let result = match Entity::from_query_field(field.name.as_str()) {
-                Some((entity, true)) => page(store, entity, &args, page_cap),
+                Some((entity, true)) => page_with(store, entity, &args, page_cap, readings),
                 Some((entity, false)) => Ok(single(store, entity, &args)),
                 None => Err(format!("Field '{}' is not served by carerix-sim", field.name)),
             };
@@ -256,22 +263,39 @@ pub fn page(
     args: &Map<String, Value>,
     page_cap: usize,
 ) -> Result<Value, String> {
+    page_with(store, entity, args, page_cap, &Readings::default())
+}
+
+/// [`page`] under `readings`.
+pub fn page_with(
+    store: &Store,
+    entity: Entity,
+    args: &Map<String, Value>,
+    page_cap: usize,
+    readings: &Readings,
+) -> Result<Value, String> {
     let norestrict = args.get("norestrict").and_then(Value::as_bool).unwrap_or(false);
     let q = match args.get("qualifier").and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() => Some(qualifier::parse(s, entity).map_err(|e| e.to_string())?),
         _ => None,
     };
+    if !readings.id_in_qualifier && q.as_ref().is_some_and(|q| q.mentions("_id")) {
+        return Err(format!(
+            "Invalid qualifier: key path '_id' is not an attribute of {}",
+            entity.type_name()
+        ));
+    }
     let pageable = args.get("pageable").cloned().unwrap_or(Value::Null);
     let page_no = pageable.get("page").and_then(Value::as_i64).unwrap_or(0).max(0) as usize;
     let size = pageable.get("size").and_then(Value::as_i64).unwrap_or(20).max(1) as usize;
-    let size = size.min(page_cap.max(1));
+    let size = size.min(readings.cap(page_cap.max(1)));
     let mut sort: Vec<(String, bool)> = Vec::new();
     if let Some(Value::Array(orders)) = pageable.get("sort") {
         for o in orders {
             let Some(prop) = o.get("property").and_then(Value::as_str) else {
                 continue;
             };
-            if entity.field_kind(prop).is_none() {
+            if entity.field_kind(prop).is_none() || (prop == "_id" && !readings.id_in_sort) {
                 return Err(format!("Unknown sort property '{prop}' for {}", entity.type_name()));
             }
             sort.push((prop.to_string(), o.get("direction").and_then(Value::as_str) == Some("DESC")));
@@ -282,19 +306,19 @@ pub fn page(
         .map(|m| {
             m.values()
                 .filter(|r| norestrict || !r.deleted)
-                .filter(|r| q.as_ref().is_none_or(|q| q.matches(r)))
+                .filter(|r| q.as_ref().is_none_or(|q| q.matches_with(r, readings)))
                 .collect()
         })
         .unwrap_or_default();
     rows.sort_by(|a, b| {
         for (prop, desc) in &sort {
-            let ord = sort_key(a, prop).cmp(&sort_key(b, prop));
+            let ord = sort_key(a, prop, readings).cmp(&sort_key(b, prop, readings));
             let ord = if *desc { ord.reverse() } else { ord };
             if ord != std::cmp::Ordering::Equal {
                 return ord;
             }
         }
-        a.id.cmp(&b.id)
+        sort_key(a, "_id", readings).cmp(&sort_key(b, "_id", readings))
     });
     let total = rows.len();
     let total_pages = total.div_ceil(size);
@@ -331,11 +355,21 @@ enum SortKey {
     Str(String),
 }
 
-fn sort_key(r: &Record, prop: &str) -> SortKey {
+fn sort_key(r: &Record, prop: &str, readings: &Readings) -> SortKey {
+    let date = |t: chrono::DateTime<chrono::Utc>| {
+        if readings.wall_clock_order {
+            SortKey::Str(crate::dates::format(t))
+        } else {
+            SortKey::Num(t.timestamp())
+        }
+    };
     match prop {
-        "_id" => SortKey::Num(r.id as i64),
-        "creationDate" => SortKey::Num(r.creation.timestamp()),
-        "modificationDate" => SortKey::Num(r.modification.timestamp()),
+        "_id" => match readings.id_order {
+            IdOrder::Numeric => SortKey::Num(r.id as i64),
+            IdOrder::Text => SortKey::Str(r.id.to_string()),
+        },
+        "creationDate" => date(r.creation),
+        "modificationDate" => r.modification_date().map_or(SortKey::Null, date),
         "deleted" => SortKey::Num(i64::from(r.deleted)),
         _ => match r.fields.get(prop) {
             None | Some(Value::Null) => SortKey::Null,
@@ -440,8 +474,9 @@ mod tests {
     /// Every type, field and argument of our SDL exists with the same type in the real schema.
     #[test]
     fn our_schema_is_a_subset_of_the_real_carerix_schema_read_from_shared_carerix_schema_graphql() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/carerix/schema.graphql");
+        let path = std::env::var("CARERIX_SCHEMA").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/carerix/schema.graphql")
+        });
         let Ok(real_sdl) = std::fs::read_to_string(&path) else {
             panic!(
                 "the real Carerix schema is missing at {}: get it from github.com/jwvantriet/confair-api \

@@ -180,6 +180,10 @@ async fn api(
                 Ok(c) => c,
                 Err(r) => return *r,
             };
+            let latency = sim.readings().latency_ms;
+            if latency > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+            }
             graphql_call(sim, &claims, body, ctx)
         }
         ["webhooks", "v1", "applications", rest @ ..] => {
@@ -306,7 +310,8 @@ fn graphql_call(sim: &Sim, claims: &Claims, body: &[u8], ctx: &mut Ctx) -> Respo
         return err_resp(403, &format!("Access denied. Required scopes: {}", auth::CX5_WRAPPER));
     }
     ctx.operation = format!("graphql:{}", roots.join(","));
-    match sim.with_store(&claims.tenant, |s| prepared.execute(s, sim.config.page_cap)) {
+    let readings = sim.readings();
+    match sim.with_store(&claims.tenant, |s| prepared.execute_with(s, sim.config.page_cap, &readings)) {
         Ok(v) => json_resp(200, &v),
         Err(e) => sim_err(&e),
     }
@@ -619,6 +624,31 @@ async fn admin(sim: &Sim, method: &Method, uri: &Uri, body: &[u8]) -> Response {
         (Method::DELETE, ["logs"]) => {
             sim.clear_logs();
             json_resp(200, &json!({"cleared": true}))
+        }
+        (Method::GET, ["readings"]) => {
+            json_resp(200, &serde_json::to_value(sim.readings()).unwrap_or(Value::Null))
+        }
+        (Method::PUT | Method::PATCH, ["readings"]) => {
+            if s("preset") == Some("hostile") {
+                sim.set_readings(crate::Readings::hostile());
+                return json_resp(200, &serde_json::to_value(sim.readings()).unwrap_or(Value::Null));
+            }
+            if s("preset") == Some("default") {
+                sim.set_readings(crate::Readings::default());
+                return json_resp(200, &serde_json::to_value(sim.readings()).unwrap_or(Value::Null));
+            }
+            admin_result(sim.patch_readings(&b), 200)
+        }
+        (Method::PUT, ["tenants", t, "records", e, id, "modification-date"]) => {
+            let at = match b.get("value") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(v)) => match crate::dates::parse(v) {
+                    Some(at) => Some(at),
+                    None => return err_resp(400, "value must be 'yyyy-MM-dd HH:mm:ss[ +zzzz]' or null"),
+                },
+                Some(_) => return err_resp(400, "value must be 'yyyy-MM-dd HH:mm:ss[ +zzzz]' or null"),
+            };
+            admin_result(entity_of(e).and_then(|e| sim.set_modification_date(t, e, id_of(id)?, at)), 200)
         }
         _ => err_resp(404, "No such admin route (see carerix-sim --help)"),
     }

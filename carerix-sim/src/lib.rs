@@ -27,6 +27,7 @@ pub mod graphql;
 mod http;
 pub mod model;
 pub mod qualifier;
+pub mod readings;
 pub mod sim;
 pub mod switches;
 
@@ -38,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 pub use model::Entity;
+pub use readings::{IdOrder, Readings};
 pub use sim::{
     ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim,
     SimError, TenantInfo, WebhookInfo, WebhookStatus,
@@ -137,6 +139,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Behaviour switches of the webhooks REST API (see [`Switches`]); changeable at run time.
     pub switches: Switches,
+    /// Readings of the INFERRED data-API points (default: the reading the sources lean to).
+    pub readings: Readings,
 }
 
 impl Default for Config {
@@ -155,6 +159,7 @@ impl Default for Config {
             tenants: Vec::new(),
             clients: Vec::new(),
             switches: Switches::default(),
+            readings: Readings::default(),
         }
     }
 }

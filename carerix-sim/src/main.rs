@@ -49,6 +49,11 @@ ADMIN API (JSON, no auth; not part of Carerix)
                                                             mask_header_values?, missing_permission?
                                                             (create|read|update|delete), contact_event_prefix?}
                                                             replaces all switches (missing = off)
+  GET    /admin/v1/readings                                 readings of the INFERRED data-API points
+  PUT    /admin/v1/readings                                 {second_precision?, page_cap?, id_order?: numeric|text,
+                                                             id_in_qualifier?, id_in_sort?, wall_clock_order?,
+                                                             latency_ms?, hidden_soft_deletes?} or {preset: hostile|default}
+  PUT    /admin/v1/tenants/{t}/records/{entity}/{id}/modification-date   {value: 'yyyy-MM-dd HH:mm:ss' | null}
 
   {entity} is a Carerix type (CREmployee, CRUser, ...), an event prefix (cremployee, crcontact, ...)
   or the operator name (candidates, vacancies, companies, contacts, placements, matches, publications).
@@ -118,6 +123,53 @@ struct Args {
     /// Emit contact events with this prefix instead of crcontact (e.g. cruser).
     #[arg(long, value_name = "PREFIX")]
     contact_event_prefix: Option<String>,
+    /// Play every alternative reading of the data API at once (see docs/carerix-surface.md).
+    #[arg(long)]
+    hostile: bool,
+    /// Whole-second modificationDate; several updates in one second keep it.
+    #[arg(long)]
+    reading_second_precision: bool,
+    /// Page cap below --page-cap that clients do not know about.
+    #[arg(long, value_name = "N")]
+    reading_page_cap: Option<usize>,
+    /// Sort and compare _id as text ("10" < "9").
+    #[arg(long)]
+    reading_text_ids: bool,
+    /// Refuse _id in qualifiers.
+    #[arg(long)]
+    reading_refuse_id_qualifier: bool,
+    /// Refuse _id as a sort property.
+    #[arg(long)]
+    reading_refuse_id_sort: bool,
+    /// Order and compare modificationDate by its Amsterdam wall-clock text.
+    #[arg(long)]
+    reading_wall_clock_order: bool,
+    /// Milliseconds each GraphQL answer takes.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    reading_latency_ms: u64,
+    /// Soft-deleted matches (no `deleted` field) stay visible with norestrict only.
+    #[arg(long)]
+    reading_hidden_soft_deletes: bool,
+}
+
+impl Args {
+    fn readings(&self) -> carerix_sim::Readings {
+        let mut r =
+            if self.hostile { carerix_sim::Readings::hostile() } else { carerix_sim::Readings::default() };
+        r.second_precision |= self.reading_second_precision;
+        if self.reading_page_cap.is_some() {
+            r.page_cap = self.reading_page_cap;
+        }
+        if self.reading_text_ids {
+            r.id_order = carerix_sim::IdOrder::Text;
+        }
+        r.id_in_qualifier &= !self.reading_refuse_id_qualifier;
+        r.id_in_sort &= !self.reading_refuse_id_sort;
+        r.wall_clock_order |= self.reading_wall_clock_order;
+        r.latency_ms = r.latency_ms.max(self.reading_latency_ms);
+        r.hidden_soft_deletes |= self.reading_hidden_soft_deletes;
+        r
+    }
 }
 
 #[tokio::main]
@@ -146,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             missing_permission: args.missing_permission,
             contact_event_prefix: args.contact_event_prefix.clone(),
         },
+        readings: args.readings(),
         ..carerix_sim::Config::default()
     };
     for t in &args.tenants {

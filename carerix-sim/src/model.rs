@@ -250,6 +250,28 @@ impl Record {
     }
 }
 
+impl Record {
+    /// `modificationDate` as served: `None` when the data has it null.
+    pub fn modification_date(&self) -> Option<DateTime<Utc>> {
+        match self.fields.get("modificationDate") {
+            Some(Value::Null) => None,
+            _ => Some(self.modification),
+        }
+    }
+}
+
+/// The `modificationDate` of a change at `now` to a record last modified at `prev`. With
+/// `second_precision` it is `now` cut to whole seconds, and can equal `prev` (several versions in
+/// one second); otherwise it is `now`, at least one second after `prev`.
+pub fn next_modification(prev: DateTime<Utc>, now: DateTime<Utc>, second_precision: bool) -> DateTime<Utc> {
+    if second_precision {
+        let whole = DateTime::<Utc>::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+        return whole.max(prev);
+    }
+    let floor = prev + Duration::seconds(1);
+    if now.timestamp() > prev.timestamp() { now } else { floor }
+}
+
 /// All records of one tenant.
 pub type Store = BTreeMap<Entity, BTreeMap<u64, Record>>;
 

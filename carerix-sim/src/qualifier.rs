@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::dates;
 use crate::model::{Entity, FieldKind, Record};
+use crate::readings::{IdOrder, Readings};
 
 /// A qualifier that could not be parsed or does not fit the entity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -287,13 +288,26 @@ enum Val {
     Time(DateTime<Utc>),
 }
 
-fn field_value(r: &Record, path: &str) -> Val {
+/// A record date as a comparison sees it: whole seconds (what Carerix serves), or its Amsterdam
+/// wall-clock text under [`Readings::wall_clock_order`].
+fn date_value(t: DateTime<Utc>, readings: &Readings) -> Val {
+    if readings.wall_clock_order {
+        Val::Str(dates::format(t))
+    } else {
+        Val::Time(DateTime::<Utc>::from_timestamp(t.timestamp(), 0).unwrap_or(t))
+    }
+}
+
+fn field_value(r: &Record, path: &str, readings: &Readings) -> Val {
     let head = path.split('.').next().unwrap_or_default();
     match head {
-        "_id" => Val::Num(r.id as f64),
+        "_id" => match readings.id_order {
+            IdOrder::Numeric => Val::Num(r.id as f64),
+            IdOrder::Text => Val::Str(r.id.to_string()),
+        },
         "_kind" => Val::Str(r.entity.type_name().into()),
-        "creationDate" => Val::Time(r.creation),
-        "modificationDate" => Val::Time(r.modification),
+        "creationDate" => date_value(r.creation, readings),
+        "modificationDate" => r.modification_date().map_or(Val::Nil, |t| date_value(t, readings)),
         "deleted" => Val::Num(if r.deleted { 1.0 } else { 0.0 }),
         _ => match (r.entity.field_kind(head), r.fields.get(head)) {
             (_, None | Some(Value::Null)) => Val::Nil,
@@ -381,13 +395,27 @@ fn compare(v: &Val, op: Op, lit: &Literal) -> bool {
 }
 
 impl Qualifier {
-    /// Whether a record satisfies the qualifier.
+    /// Whether a record satisfies the qualifier (default readings).
     pub fn matches(&self, r: &Record) -> bool {
+        self.matches_with(r, &Readings::default())
+    }
+
+    /// Whether a record satisfies the qualifier under `readings`.
+    pub fn matches_with(&self, r: &Record, readings: &Readings) -> bool {
         match self {
-            Qualifier::Cmp(path, op, lit) => compare(&field_value(r, path), *op, lit),
-            Qualifier::And(a, b) => a.matches(r) && b.matches(r),
-            Qualifier::Or(a, b) => a.matches(r) || b.matches(r),
-            Qualifier::Not(a) => !a.matches(r),
+            Qualifier::Cmp(path, op, lit) => compare(&field_value(r, path, readings), *op, lit),
+            Qualifier::And(a, b) => a.matches_with(r, readings) && b.matches_with(r, readings),
+            Qualifier::Or(a, b) => a.matches_with(r, readings) || b.matches_with(r, readings),
+            Qualifier::Not(a) => !a.matches_with(r, readings),
+        }
+    }
+
+    /// Whether a key path starting with `head` (e.g. `_id`) appears anywhere in the qualifier.
+    pub fn mentions(&self, head: &str) -> bool {
+        match self {
+            Qualifier::Cmp(path, _, _) => path.split('.').next() == Some(head),
+            Qualifier::And(a, b) | Qualifier::Or(a, b) => a.mentions(head) || b.mentions(head),
+            Qualifier::Not(a) => a.mentions(head),
         }
     }
 }

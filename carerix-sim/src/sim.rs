@@ -250,6 +250,7 @@ pub struct Sim {
     pub(crate) signer: Signer,
     pub(crate) base_url: Url,
     jobs: mpsc::UnboundedSender<Job>,
+    readings: std::sync::RwLock<crate::Readings>,
 }
 
 /// What a fault check decided for a request.
@@ -266,7 +267,8 @@ impl Sim {
         base_url: Url,
         jobs: mpsc::UnboundedSender<Job>,
     ) -> Sim {
-        Sim { config, state: Arc::new(Mutex::new(State::default())), signer, base_url, jobs }
+        let readings = std::sync::RwLock::new(config.readings.clone());
+        Sim { config, state: Arc::new(Mutex::new(State::default())), signer, base_url, jobs, readings }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -558,6 +560,8 @@ impl Sim {
         fields: Map<String, Value>,
     ) -> Result<Value, SimError> {
         let now = Utc::now();
+        let now =
+            if self.readings().second_precision { model::next_modification(now, now, true) } else { now };
         let mut st = self.lock();
         let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         let id = t.next_id;
@@ -595,7 +599,7 @@ impl Sim {
             .and_then(|m| m.get_mut(&id))
             .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))?;
         let mut changed = apply_fields(rec, fields)?;
-        bump(rec);
+        bump(rec, self.readings().second_precision);
         changed.push("modificationdate".into());
         let out = rec.to_json();
         drop(st);
@@ -606,7 +610,8 @@ impl Sim {
     /// Soft delete: sets `deleted: 1` and bumps `modificationDate` (emits `:updated` with `deleted`,
     /// and `:deleted` when `emit_deleted_events`). CRMatch has no `deleted`: this hard-deletes it.
     pub fn soft_delete_record(&self, tenant: &str, entity: Entity, id: u64) -> Result<(), SimError> {
-        if !entity.has_deleted() {
+        let readings = self.readings();
+        if !entity.has_deleted() && !readings.hidden_soft_deletes {
             return self.hard_delete_record(tenant, entity, id);
         }
         let mut st = self.lock();
@@ -617,7 +622,7 @@ impl Sim {
             .and_then(|m| m.get_mut(&id))
             .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))?;
         rec.deleted = true;
-        bump(rec);
+        bump(rec, readings.second_precision);
         drop(st);
         self.emit(tenant, entity, id, "updated", vec!["deleted".into(), "modificationdate".into()]);
         if self.config.emit_deleted_events {
@@ -904,10 +909,9 @@ fn not_owner(what: &str, id: &str) -> SimError {
     ))
 }
 
-fn bump(rec: &mut Record) {
-    let now = Utc::now();
-    let floor = rec.modification + chrono::Duration::seconds(1);
-    rec.modification = if now.timestamp() > rec.modification.timestamp() { now } else { floor };
+fn bump(rec: &mut Record, second_precision: bool) {
+    rec.modification = model::next_modification(rec.modification, Utc::now(), second_precision);
+    rec.fields.remove("modificationDate");
 }
 
 /// The event name of a filter (`eventType` or `type`).
@@ -947,4 +951,74 @@ fn apply_fields(rec: &mut Record, fields: Map<String, Value>) -> Result<Vec<Stri
         }
     }
     Ok(changed)
+}
+
+// ------------------------------------------------------------- data readings
+
+impl Sim {
+    /// The readings in force.
+    pub fn readings(&self) -> crate::Readings {
+        self.readings.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the readings.
+    pub fn set_readings(&self, readings: crate::Readings) {
+        *self.readings.write().unwrap_or_else(std::sync::PoisonError::into_inner) = readings;
+    }
+
+    /// Applies a partial readings object (`{"id_in_qualifier": false}`) on top of the current ones.
+    pub fn patch_readings(&self, patch: &Value) -> Result<crate::Readings, SimError> {
+        let mut current =
+            serde_json::to_value(self.readings()).map_err(|e| SimError::BadRequest(e.to_string()))?;
+        let (Some(obj), Some(p)) = (current.as_object_mut(), patch.as_object()) else {
+            return Err(SimError::BadRequest("readings must be a JSON object".into()));
+        };
+        for (k, v) in p {
+            if !obj.contains_key(k) {
+                return Err(SimError::BadRequest(format!("unknown reading '{k}'")));
+            }
+            obj.insert(k.clone(), v.clone());
+        }
+        let next: crate::Readings =
+            serde_json::from_value(current).map_err(|e| SimError::BadRequest(e.to_string()))?;
+        self.set_readings(next.clone());
+        Ok(next)
+    }
+
+    /// Sets a record's `modificationDate` as Carerix data can have it: `None` renders `null` (and
+    /// no date qualifier matches it), a future instant stays in the future. No event is emitted.
+    pub fn set_modification_date(
+        &self,
+        tenant: &str,
+        entity: Entity,
+        id: u64,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Value, SimError> {
+        let mut st = self.lock();
+        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+        let rec = t
+            .store
+            .get_mut(&entity)
+            .and_then(|m| m.get_mut(&id))
+            .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))?;
+        match at {
+            Some(at) => {
+                rec.modification = at;
+                rec.fields.remove("modificationDate");
+            }
+            None => {
+                rec.fields.insert("modificationDate".into(), Value::Null);
+            }
+        }
+        Ok(rec.to_json())
+    }
+
+    /// Ids of the soft-deleted records of an entity (also those whose type has no `deleted` field).
+    pub fn deleted_ids(&self, tenant: &str, entity: Entity) -> Result<Vec<u64>, SimError> {
+        self.with_store(tenant, |s| {
+            s.get(&entity)
+                .map(|m| m.values().filter(|r| r.deleted).map(|r| r.id).collect())
+                .unwrap_or_default()
+        })
+    }
 }

@@ -117,86 +117,12 @@ impl Entity {
         Entity::ALL.into_iter().find(|e| e.event_prefix().eq_ignore_ascii_case(prefix))
     }
 
-    /// The selection set of one record, exactly as in `docs/carerix-surface.md`.
+    /// The default selection of one record: every scalar field of the real Carerix type and the
+    /// `_id` of every to-one relation ([`super::fields`], generated from the schema).
     pub fn fields(self) -> String {
-        let scalars: &[&str] = match self {
-            Entity::Candidates => &[
-                "_id",
-                "_kind",
-                "employeeID",
-                "firstName",
-                "lastName",
-                "emailAddress",
-                "visitCity",
-                "creationDate",
-                "modificationDate",
-                "deleted",
-            ],
-            Entity::Vacancies => &[
-                "_id",
-                "_kind",
-                "vacancyID",
-                "jobTitle",
-                "startDate",
-                "endDate",
-                "notes",
-                "creationDate",
-                "modificationDate",
-                "deleted",
-            ],
-            Entity::Companies => &[
-                "_id",
-                "_kind",
-                "companyID",
-                "name",
-                "kvkNumber",
-                "emailAddress",
-                "visitCity",
-                "creationDate",
-                "modificationDate",
-                "deleted",
-            ],
-            Entity::Contacts => &[
-                "_id",
-                "_kind",
-                "userID",
-                "firstName",
-                "lastName",
-                "emailAddress",
-                "jobTitle",
-                "isContact",
-                "creationDate",
-                "modificationDate",
-                "deleted",
-            ],
-            Entity::Placements => &[
-                "_id",
-                "_kind",
-                "jobID",
-                "name",
-                "startDate",
-                "endDate",
-                "creationDate",
-                "modificationDate",
-                "deleted",
-            ],
-            Entity::Matches => {
-                &["_id", "_kind", "title", "motivation", "notes", "creationDate", "modificationDate"]
-            }
-            Entity::Publications => &[
-                "_id",
-                "_kind",
-                "publicationID",
-                "publicationStart",
-                "publicationEnd",
-                "notes",
-                "creationDate",
-                "modificationDate",
-                "deleted",
-            ],
-        };
-        let mut out = scalars.join(" ");
-        for relation in self.relations() {
+        let t = super::fields::table(self);
+        let mut out = t.scalars.join(" ");
+        for relation in t.relations {
             out.push(' ');
             out.push_str(relation);
             out.push(' ');
@@ -205,14 +131,57 @@ impl Entity {
         out
     }
 
-    /// The relation fields selected (each as `{ _id }`).
+    /// The selection of the named fields (scalars as they are, relations as `{ _id }`), plus what
+    /// the sync needs whatever is asked: `_id`, `_kind`, `modificationDate`, `deleted` (where the
+    /// type has it) and the own numeric id field.
+    ///
+    /// # Errors
+    /// [`UnknownField`] for a name the type has neither as a scalar nor as a to-one relation.
+    pub fn selection(self, names: &[String]) -> Result<String, UnknownField> {
+        let t = super::fields::table(self);
+        let mut wanted: Vec<&str> = vec!["_id", "_kind", "modificationDate"];
+        if self.has_deleted_field() {
+            wanted.push("deleted");
+        }
+        if let Some(f) = self.id_field() {
+            wanted.push(f);
+        }
+        let mut out: Vec<String> = Vec::new();
+        for w in wanted {
+            out.push(w.to_string());
+        }
+        for n in names {
+            let n = n.trim();
+            if out.iter().any(|o| o == n || o.starts_with(&format!("{n} "))) {
+                continue;
+            }
+            if t.scalars.contains(&n) {
+                out.push(n.to_string());
+            } else if t.relations.contains(&n) {
+                out.push(format!("{n} {REL}"));
+            } else {
+                return Err(UnknownField { entity: self, field: n.to_string() });
+            }
+        }
+        Ok(out.join(" "))
+    }
+
+    /// The to-one relations of the default selection (each as `{ _id }`).
     pub fn relations(self) -> &'static [&'static str] {
+        super::fields::table(self).relations
+    }
+
+    /// The entity's own numeric id field (`employeeID`, declared `Int!` in the schema), if it has
+    /// one (`CRMatch` has none).
+    pub fn id_field(self) -> Option<&'static str> {
         match self {
-            Entity::Candidates | Entity::Companies => &[],
-            Entity::Vacancies | Entity::Contacts => &["toCompany"],
-            Entity::Placements => &["toEmployee", "toVacancy", "toCompany", "toMatch"],
-            Entity::Matches => &["toEmployee", "toVacancy", "toCompany"],
-            Entity::Publications => &["toVacancy"],
+            Entity::Candidates => Some("employeeID"),
+            Entity::Vacancies => Some("vacancyID"),
+            Entity::Companies => Some("companyID"),
+            Entity::Contacts => Some("userID"),
+            Entity::Placements => Some("jobID"),
+            Entity::Publications => Some("publicationID"),
+            Entity::Matches => None,
         }
     }
 
@@ -227,6 +196,16 @@ impl fmt::Display for Entity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// A field the Carerix type does not have (as a scalar or a to-one relation).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} ({}) has no scalar field or to-one relation {field:?}; see docs/sync.md for how to list the fields", .entity.name(), .entity.carerix_type())]
+pub struct UnknownField {
+    /// The entity.
+    pub entity: Entity,
+    /// The name asked for.
+    pub field: String,
 }
 
 /// An unknown entity name.
@@ -274,17 +253,24 @@ mod tests {
     }
 
     #[test]
-    fn exact_selections() {
-        assert_eq!(
-            Entity::Placements.fields(),
-            "_id _kind jobID name startDate endDate creationDate modificationDate deleted \
-             toEmployee { _id } toVacancy { _id } toCompany { _id } toMatch { _id }"
-        );
-        assert_eq!(
-            Entity::Contacts.fields(),
-            "_id _kind userID firstName lastName emailAddress jobTitle isContact creationDate \
-             modificationDate deleted toCompany { _id }"
-        );
+    fn the_default_selection_copies_every_scalar_and_each_to_one_relation_id() {
+        let placements = Entity::Placements.fields();
+        for f in
+            ["_id", "_kind", "jobID", "startDate", "endDate", "creationDate", "modificationDate", "deleted"]
+        {
+            assert!(placements.split_whitespace().any(|w| w == f), "{f} missing from {placements}");
+        }
+        assert!(placements.contains("toEmployee { _id }") && placements.contains("toVacancy { _id }"));
+        assert!(Entity::Candidates.fields().split_whitespace().count() > 400);
+    }
+
+    #[test]
+    fn a_named_selection_keeps_what_the_sync_needs_and_refuses_unknown_fields() {
+        let sel = Entity::Candidates.selection(&["firstName".into(), "toStatusNode".into()]).expect("known");
+        assert_eq!(sel, "_id _kind modificationDate deleted employeeID firstName toStatusNode { _id }");
+        assert_eq!(Entity::Matches.selection(&[]).expect("empty"), "_id _kind modificationDate");
+        let err = Entity::Vacancies.selection(&["nope".into()]).expect_err("unknown");
+        assert!(err.to_string().contains("CRVacancy") && err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

@@ -80,6 +80,11 @@ pub struct Page {
     pub first: bool,
     /// Whether this is the last page.
     pub last: bool,
+    /// Items that came back `null` (left out of `items`). A page with null items is partial: it
+    /// must never be taken as proof that a record is gone.
+    pub null_items: usize,
+    /// Whether the answer carried its own page metadata (`last` or `totalElements`).
+    pub has_metadata: bool,
 }
 
 #[derive(Deserialize)]
@@ -103,7 +108,10 @@ struct RawPage {
 
 impl RawPage {
     fn into_page(self, request: &PageRequest) -> Page {
-        let items: Vec<Value> = self.items.unwrap_or_default().into_iter().filter(|v| !v.is_null()).collect();
+        let raw = self.items.unwrap_or_default();
+        let null_items = raw.iter().filter(|v| v.is_null()).count();
+        let has_metadata = self.last.is_some() || self.total_elements.is_some();
+        let items: Vec<Value> = raw.into_iter().filter(|v| !v.is_null()).collect();
         let page = self.page.unwrap_or(request.page);
         let size = self.size.unwrap_or(request.size);
         let total_elements = self.total_elements.unwrap_or(items.len() as u64);
@@ -122,6 +130,8 @@ impl RawPage {
             size,
             total_elements,
             total_pages,
+            null_items,
+            has_metadata,
         }
     }
 }
@@ -152,6 +162,18 @@ pub fn ids_page_document(entity: Entity) -> String {
     )
 }
 
+/// A page document of `entity` with the given selection of each item.
+pub fn select_page_document(entity: Entity, selection: &str) -> String {
+    let field = entity.page_query();
+    format!(
+        "query {name}Select($qualifier: String, $pageable: Pageable, $norestrict: Boolean) {{\n  \
+         {field}(qualifier: $qualifier, pageable: $pageable, norestrict: $norestrict) {{\n    \
+         first last numberOfElements page size sort totalElements totalPages\n    \
+         items {{ {selection} }}\n  }}\n}}\n",
+        name = operation_name(field),
+    )
+}
+
 /// The single-record document of `entity`.
 pub fn single_document(entity: Entity) -> String {
     let field = entity.single_query();
@@ -178,6 +200,10 @@ pub fn all_documents() -> Vec<(String, String)> {
                 (operation_name(e.page_query()), page_document(e)),
                 (format!("{}Ids", operation_name(e.page_query())), ids_page_document(e)),
                 (operation_name(e.single_query()), single_document(e)),
+                (
+                    format!("{}Select", operation_name(e.page_query())),
+                    select_page_document(e, &e.id_field().map_or("_id".to_string(), |f| format!("_id {f}"))),
+                ),
             ]
         })
         .collect()
@@ -231,6 +257,15 @@ impl<'c> GraphQlHandler<'c> {
         self.page_with(entity, request, &ids_page_document(entity)).await
     }
 
+    /// Reads one page of `entity` selecting `selection` in each item (e.g. `_id employeeID`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`GraphQlHandler::page`].
+    pub async fn page_select(&self, entity: Entity, request: &PageRequest, selection: &str) -> Result<Page> {
+        self.page_with(entity, request, &select_page_document(entity, selection)).await
+    }
+
     async fn page_with(&self, entity: Entity, request: &PageRequest, document: &str) -> Result<Page> {
         let field = entity.page_query();
         if request.size == 0 || request.size > MAX_PAGE_SIZE {
@@ -254,6 +289,24 @@ impl<'c> GraphQlHandler<'c> {
                 last: Some(true),
             }
             .into_page(request)),
+        }
+    }
+
+    /// Reads one record of `entity` by its `_id` with the given selection; `None` when it does
+    /// not exist.
+    ///
+    /// # Errors
+    ///
+    /// As for [`GraphQlHandler::get`].
+    pub async fn get_select(&self, entity: Entity, id: &str, selection: &str) -> Result<Option<Value>> {
+        let field = entity.single_query();
+        let document = format!(
+            "query {name}Select($id: ID!) {{\n  {field}(_id: $id) {{ {selection} }}\n}}\n",
+            name = operation_name(field),
+        );
+        match self.query(field, &document, json!({ "id": id })).await {
+            Err(e @ Error::GraphQl { .. }) if e.is_not_found() => Ok(None),
+            other => other,
         }
     }
 
@@ -316,16 +369,18 @@ mod tests {
 
     const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/carerix/schema.graphql");
 
-    #[test]
-    fn documents_validate_against_the_real_schema_read_from_shared_carerix_schema_graphql() {
-        let sdl = std::fs::read_to_string(SCHEMA_PATH).unwrap_or_else(|e| {
+    /// The shared real Carerix schema (`CARERIX_SCHEMA` overrides the path).
+    fn shared_schema() -> Valid<Schema> {
+        let path = std::env::var("CARERIX_SCHEMA").unwrap_or_else(|_| SCHEMA_PATH.to_string());
+        let sdl = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "cannot read the real Carerix schema at {SCHEMA_PATH}: {e}. It is the introspected SDL \
+                "cannot read the real Carerix schema at {path}: {e}. It is the introspected SDL \
                  from jwvantriet/confair-api docs/carerix-schema.graphql (see /work/shared/carerix/API.md \
-                 §3.1), shared outside the repository at ../shared/carerix/schema.graphql"
+                 §3.1), shared outside the repository at ../shared/carerix/schema.graphql; set \
+                 CARERIX_SCHEMA to its path when the checkout is elsewhere"
             )
         });
-        let schema = match Schema::parse_and_validate(&sdl, "schema.graphql") {
+        match Schema::parse_and_validate(&sdl, "schema.graphql") {
             Ok(valid) => valid,
             Err(with_errors) => {
                 // Lenient: the introspected SDL may not pass strict validation; validate the
@@ -333,12 +388,57 @@ mod tests {
                 eprintln!("schema has {} validation issue(s); using it leniently", with_errors.errors.len());
                 Valid::assume_valid(with_errors.partial)
             }
-        };
+        }
+    }
+
+    #[test]
+    fn the_field_table_matches_the_shared_carerix_schema() {
+        use apollo_compiler::schema::ExtendedType;
+        let schema = shared_schema();
+        for entity in Entity::ALL {
+            let Some(ExtendedType::Object(ty)) = schema.types.get(entity.carerix_type()) else {
+                panic!("{} is not an object type of the shared schema", entity.carerix_type());
+            };
+            let (mut scalars, mut relations) = (Vec::new(), Vec::new());
+            for (name, field) in &ty.fields {
+                if !field.arguments.is_empty() || field.ty.is_list() {
+                    continue;
+                }
+                let target = field.ty.inner_named_type();
+                match schema.types.get(target) {
+                    Some(ExtendedType::Scalar(_) | ExtendedType::Enum(_)) => scalars.push(name.to_string()),
+                    Some(ExtendedType::Object(o))
+                        if o.fields.contains_key("_id") && !target.as_str().ends_with("Page") =>
+                    {
+                        relations.push(name.to_string())
+                    }
+                    _ => {}
+                }
+            }
+            let table = crate::carerix::fields::table(entity);
+            assert_eq!(
+                table.scalars,
+                scalars,
+                "the scalar fields of {} differ from the schema: run carerix-sim/schema/generate_entities.py",
+                entity.carerix_type()
+            );
+            assert_eq!(
+                table.relations,
+                relations,
+                "the relations of {} differ from the schema: run carerix-sim/schema/generate_entities.py",
+                entity.carerix_type()
+            );
+        }
+    }
+
+    #[test]
+    fn documents_validate_against_the_real_schema_read_from_shared_carerix_schema_graphql() {
+        let schema = shared_schema();
         // The validation is real: a field CRMatch lacks is rejected.
         let bad = "query Bad { crMatch(_id: \"1\") { _id deleted } }";
         assert!(ExecutableDocument::parse_and_validate(&schema, bad, "bad.graphql").is_err());
         let docs = all_documents();
-        assert_eq!(docs.len(), 21);
+        assert_eq!(docs.len(), 28);
         for (name, document) in docs {
             if let Err(e) =
                 ExecutableDocument::parse_and_validate(&schema, &document, format!("{name}.graphql"))
@@ -382,9 +482,9 @@ mod tests {
                 "crEmployeePage(qualifier: $qualifier, pageable: $pageable, norestrict: $norestrict)"
             )
         );
-        assert!(doc.contains("items { _id _kind employeeID"));
+        assert!(doc.contains("items { _id _kind "));
         let doc = single_document(Entity::Contacts);
-        assert!(doc.contains("crContact(_id: $id) { _id _kind userID"), "{doc}");
+        assert!(doc.contains("crContact(_id: $id) { _id _kind "), "{doc}");
     }
 
     #[test]

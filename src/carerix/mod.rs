@@ -23,6 +23,7 @@ pub mod auth;
 pub mod client;
 pub mod entity;
 pub mod error;
+pub mod fields;
 pub mod graphql;
 pub mod observer;
 pub mod rate_limit;
@@ -34,7 +35,7 @@ mod tests;
 
 pub use auth::{Credentials, SecretString, TokenInfo};
 pub use client::{CarerixClient, CarerixClientBuilder, ProbeAnswer, RetryPolicy};
-pub use entity::{Entity, UnknownEntity};
+pub use entity::{Entity, UnknownEntity, UnknownField};
 pub use error::{Error, ErrorKind, Result, TransportKind, WebhooksPermission};
 pub use graphql::{Direction, GraphQlHandler, Page, PageRequest, all_documents};
 pub use observer::{NoopObserver, Observer};

@@ -1023,9 +1023,10 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
     let first_date = items[0].get("modificationDate").and_then(Value::as_str).unwrap_or_default();
     match crate::carerix::time::to_utc_earliest(first_date) {
         Ok(at) => {
-            let cursor = keyset::Cursor { at, id: ids.first().cloned() };
+            let after = ids.first().cloned().map_or(keyset::After::Exclusive, keyset::After::Tie);
+            let cursor = keyset::Cursor { at, after };
             let request = PageRequest {
-                qualifier: keyset::modified_after(Some(&cursor)),
+                qualifier: Some(keyset::modified_after(&cursor, keyset::Tie::Id)),
                 page: 0,
                 size: keyset::PAGE_SIZE,
                 sort: sort.clone(),
@@ -1070,7 +1071,7 @@ async fn graphql(client: &CarerixClient, info: &TokenInfo, options: &Options, si
     // `_id` in qualifiers: the id listing (`_id > N`, sorted by _id) and the batched read
     let wanted: Vec<&str> = ids.iter().take(2).map(String::as_str).collect();
     let listing = PageRequest {
-        qualifier: keyset::id_after(wanted.first().copied()),
+        qualifier: keyset::tie_after(keyset::Tie::Id, wanted.first().copied()),
         page: 0,
         size: keyset::PAGE_SIZE,
         sort: vec![("_id".to_string(), Direction::Asc)],

@@ -70,12 +70,25 @@ async fn run(target: Target, mut rx: mpsc::Receiver<Request>) {
                 page: 0,
                 size: keyset::PAGE_SIZE,
                 sort: Vec::new(),
-                norestrict: true,
+                // a type without `deleted` (CRMatch): a soft-deleted record is one that only
+                // `norestrict` still lists, so it must read as gone
+                norestrict: entity.has_deleted_field(),
             };
-            match client.graphql().page(entity, &req).await {
-                Ok(page) => {
+            let selection = target.selection(entity);
+            let answer = match client.graphql().page_select(entity, &req, &selection).await {
+                // Carerix refuses `_id` in qualifiers (or serves fewer than asked): one by one
+                Ok(page) if page.null_items == 0 && page.items.len() as u64 >= page.total_elements => {
+                    Ok(page.items)
+                }
+                Ok(_) | Err(crate::carerix::Error::GraphQl { .. }) => {
+                    one_by_one(&client, entity, &ids, &selection).await
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(items) => {
                     let mut found: BTreeMap<String, Value> = BTreeMap::new();
-                    for item in page.items {
+                    for item in items {
                         if let Some(id) = item.get("_id").and_then(Value::as_str) {
                             found.insert(id.to_string(), item);
                         }
@@ -93,4 +106,19 @@ async fn run(target: Target, mut rx: mpsc::Receiver<Request>) {
             }
         }
     }
+}
+
+async fn one_by_one(
+    client: &crate::carerix::CarerixClient,
+    entity: Entity,
+    ids: &[&str],
+    selection: &str,
+) -> Result<Vec<Value>, crate::carerix::Error> {
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(r) = client.graphql().get_select(entity, id, selection).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }

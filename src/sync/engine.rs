@@ -1,8 +1,16 @@
 //! The sync of one connection: passes per entity, the full comparison of ids, and the loop that
 //! runs them on the interval with backoff. Needs no Kubernetes: a [`Target`] is enough.
+//!
+//! Nothing here rests on an INFERRED point of the Carerix API without a fallback (see
+//! `docs/sync.md`): page ends come from each page's metadata; ties within one second are broken by
+//! the entity's own numeric id field, then `_id`, then offset pages of that second, each tried
+//! only while Carerix accepts and honours it; every incremental pass starts an overlap window
+//! before the watermark, and the watermark never moves past the pass's own start (dates in the
+//! future); records without a `modificationDate` are read by a separate sweep; deletes are
+//! confirmed record by record, never taken from a partial listing, and a suspicious drop stops.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -14,14 +22,35 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     Error,
-    keyset::{self, Cursor, PAGE_SIZE},
-    store::{self, Schema},
+    keyset::{self, After, Cursor, PAGE_SIZE, Tie},
+    store::{self, Schema, Versioned},
 };
 use crate::backoff::BackoffPolicy;
 use crate::{
-    carerix::{CarerixClient, Direction, Entity, PageRequest},
+    carerix::{CarerixClient, Direction, Entity, Page, PageRequest},
     metrics::Metrics,
 };
+
+/// How far before the watermark an incremental pass starts by default: records committed late
+/// (a `modificationDate` older than records already read), and records changed again within a
+/// second the last pass had read, are read by the next pass.
+pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(120);
+
+/// Key ranges of a large entity's initial pass, read concurrently (see `Engine::with_split`).
+pub const DEFAULT_SPLIT: u32 = 4;
+
+/// A comparison that would mark more than this share of an entity's live rows deleted at once
+/// stops and reports instead.
+pub const MAX_DELETE_SHARE: f64 = 0.05;
+
+/// Fewer deletions than this are never held back (small tables).
+const MIN_HELD: usize = 5;
+
+/// How long processed webhook event ids are kept (Carerix retries for hours, not days).
+const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Most pages of one offset-paged second or listing before the progress guard gives up.
+const MAX_OFFSET_PAGES: u32 = 100_000;
 
 /// Everything one connection's sync needs.
 #[derive(Clone)]
@@ -35,12 +64,41 @@ pub struct Target {
     pub schema: Schema,
     /// `namespace/name`.
     pub connection: String,
+    /// Who the rows belong to (the connection's uid and tenant); `None`: not checked.
+    pub owner: Option<String>,
+    /// The selection of each entity that has one of its own (`spec.sync.fields`); the others
+    /// copy the full default ([`Entity::fields`]).
+    pub selections: Arc<HashMap<Entity, String>>,
 }
 
 impl Target {
     /// A target from its parts.
     pub fn new(client: CarerixClient, pool: Pool, schema: Schema, connection: impl Into<String>) -> Self {
-        Target { client: Arc::new(RwLock::new(client)), pool, schema, connection: connection.into() }
+        Target {
+            client: Arc::new(RwLock::new(client)),
+            pool,
+            schema,
+            connection: connection.into(),
+            owner: None,
+            selections: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// The same target copying only the named fields of some entities.
+    pub fn with_selections(mut self, selections: HashMap<Entity, String>) -> Self {
+        self.selections = Arc::new(selections);
+        self
+    }
+
+    /// The selection of `entity`.
+    pub fn selection(&self, entity: Entity) -> String {
+        self.selections.get(&entity).cloned().unwrap_or_else(|| entity.fields())
+    }
+
+    /// The same target, its rows owned by `owner` (a different stored owner starts clean).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 
     /// The current client.
@@ -70,6 +128,10 @@ pub struct EntityProgress {
     pub records: i64,
     /// When the last pass finished.
     pub last_run_finished: Option<DateTime<Utc>>,
+    /// Records in Carerix during the initial pass (`totalElements`).
+    pub total: Option<i64>,
+    /// When the initial pass started.
+    pub initial_sync_started: Option<DateTime<Utc>>,
 }
 
 /// The failure the status reports.
@@ -129,10 +191,45 @@ pub struct Engine {
     entities: Vec<Entity>,
     progress: Arc<Progress>,
     metrics: Option<Arc<Metrics>>,
+    ties: Arc<Mutex<HashMap<Entity, Tie>>>,
+    ids_refused: Arc<std::sync::atomic::AtomicBool>,
+    overlap: Duration,
+    split: u32,
 }
 
 fn is_pg_down(e: &Error) -> bool {
     matches!(e, Error::Sink(_) | Error::Pool(_))
+}
+
+/// Whether Carerix refused the form of a query (a GraphQL error, not an outage).
+fn is_refusal(e: &crate::carerix::Error) -> bool {
+    matches!(e, crate::carerix::Error::GraphQl { .. }) && !e.is_forbidden()
+}
+
+fn sort_for(tie: Tie) -> Vec<(String, Direction)> {
+    let mut sort = vec![("modificationDate".to_string(), Direction::Asc)];
+    if let Some(p) = tie.property() {
+        sort.push((p.to_string(), Direction::Asc));
+    }
+    sort
+}
+
+/// Whether the page ends the listing: by its own metadata when it has any, else when empty.
+fn ends(page: &Page) -> bool {
+    page.items.is_empty() || (page.has_metadata && page.last)
+}
+
+/// Whether items sharing a `modificationDate` come in strictly ascending numeric order of the
+/// tie field (`Int!`); anything else means Carerix does not honour the sort.
+fn misordered(items: &[Value], tie: Tie) -> bool {
+    let Tie::Field(_) = tie else { return false };
+    items.windows(2).any(|w| {
+        let date = |v: &Value| v.get("modificationDate").and_then(Value::as_str).map(str::to_string);
+        let num = |v: &Value| tie.value_of(v).and_then(|s| s.parse::<i64>().ok());
+        date(&w[0]).is_some()
+            && date(&w[0]) == date(&w[1])
+            && !matches!((num(&w[0]), num(&w[1])), (Some(a), Some(b)) if a < b)
+    })
 }
 
 impl Engine {
@@ -144,7 +241,53 @@ impl Engine {
                 p.entities.insert(*e, EntityProgress::default());
             }
         });
-        Engine { target, entities, progress, metrics: None }
+        Engine {
+            target,
+            entities,
+            progress,
+            metrics: None,
+            ties: Arc::new(Mutex::new(HashMap::new())),
+            ids_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            overlap: DEFAULT_OVERLAP,
+            split: DEFAULT_SPLIT,
+        }
+    }
+
+    /// Sets how many independent key ranges a large entity's initial pass is split into
+    /// (1: no split).
+    pub fn with_split(mut self, ranges: u32) -> Self {
+        self.split = ranges.max(1);
+        self
+    }
+
+    /// Sets the overlap window of incremental passes.
+    pub fn with_overlap(mut self, overlap: Duration) -> Self {
+        self.overlap = overlap;
+        self
+    }
+
+    /// The tie breaker currently used for `entity`.
+    pub fn tie(&self, entity: Entity) -> Tie {
+        *self
+            .ties
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(entity)
+            .or_insert_with(|| Tie::preferred(entity.id_field()))
+    }
+
+    /// Drops `from` for `entity` (when it is still the one in use) for the next fallback.
+    fn demote(&self, entity: Entity, from: Tie, why: &str) {
+        let mut ties = self.ties.lock().unwrap_or_else(|p| p.into_inner());
+        let current = ties.entry(entity).or_insert_with(|| Tie::preferred(entity.id_field()));
+        if *current == from {
+            *current = from.fallback();
+            if from == Tie::Id {
+                self.ids_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            warn!(connection = %self.target.connection, entity = entity.name(), from = ?from, to = ?*current,
+                reason = why, "Carerix does not support this tie breaker; falling back");
+        }
     }
 
     /// Counts records and lag in `metrics`.
@@ -173,6 +316,12 @@ impl Engine {
     /// [`Error::Sink`] when PostgreSQL fails.
     pub async fn prepare(&self) -> Result<(), Error> {
         store::migrate(&self.target.pool, &self.target.schema).await?;
+        if let Some(owner) = &self.target.owner {
+            let t = &self.target;
+            if store::claim(&t.pool, &t.schema, &t.connection, owner, &self.entities).await? {
+                info!(connection = %t.connection, "the stored rows belonged to another connection or tenant; starting clean");
+            }
+        }
         for e in &self.entities {
             let st = store::load_state(&self.target.pool, &self.target.schema, &self.target.connection, *e)
                 .await?;
@@ -185,6 +334,8 @@ impl Engine {
                         watermark: st.watermark_date.clone(),
                         records: st.records,
                         last_run_finished: st.last_run_finished,
+                        total: None,
+                        initial_sync_started: None,
                     },
                 );
             });
@@ -221,85 +372,160 @@ impl Engine {
     }
 
     /// Reads one entity from its stored watermark until caught up, storing each page together with
-    /// the new watermark. Returns the records read.
+    /// the new watermark. An incremental pass starts [`DEFAULT_OVERLAP`] (see [`Engine::with_overlap`])
+    /// before the watermark. Returns the records read.
     ///
     /// # Errors
     /// [`Error::Carerix`] or [`Error::Sink`]; the stored watermark lets the next call resume.
+    /// [`Error::NoProgress`] when Carerix keeps answering without moving the pass forward.
     #[instrument(skip_all, fields(connection = %self.target.connection, entity = entity.name()))]
     pub async fn sync_entity(&self, entity: Entity) -> Result<u64, Error> {
         let t = &self.target;
         let state = store::load_state(&t.pool, &t.schema, &t.connection, entity).await?;
+        let pass_started = store::db_now(&t.pool).await?;
         let mut records = state.records;
+        let overlap = chrono::Duration::from_std(self.overlap).unwrap_or_default();
         let mut cursor = match (&state.cursor, state.initial_done) {
-            (Some(c), true) => Some(keyset::lookback_start(c, Utc::now())),
-            (c, _) => c.clone(),
+            (Some(c), true) => {
+                keyset::lookback_start(&Cursor::from(c.at.min(pass_started) - overlap), pass_started)
+            }
+            (Some(c), false) => match &c.after {
+                // resume inside the second only with the tie breaker the value belongs to
+                After::Tie(stored) => match stored.split_once('=') {
+                    Some((p, v)) if Some(p) == self.tie(entity).property() => {
+                        Cursor { at: c.at, after: After::Tie(v.to_string()) }
+                    }
+                    _ => Cursor::from(c.at),
+                },
+                _ => Cursor::from(c.at),
+            },
+            (None, _) => Cursor::from(keyset::epoch()),
         };
-        let mut read = 0u64;
+        if !state.initial_done {
+            self.progress.update(|p| {
+                let e = p.entities.entry(entity).or_default();
+                e.initial_sync_started.get_or_insert(pass_started);
+            });
+        }
         let client = t.client();
+        let mut read = 0u64;
+        let mut first = true;
+        let mut seen: HashSet<(DateTime<Utc>, String)> = HashSet::new();
+        let selection = t.selection(entity);
         loop {
+            let tie = self.tie(entity);
             let req = PageRequest {
-                qualifier: keyset::modified_after(cursor.as_ref()),
+                qualifier: Some(keyset::modified_after(&cursor, tie)),
                 page: 0,
                 size: PAGE_SIZE,
-                sort: vec![
-                    ("modificationDate".to_string(), Direction::Asc),
-                    ("_id".to_string(), Direction::Asc),
-                ],
-                norestrict: true,
+                sort: sort_for(tie),
+                norestrict: entity.has_deleted_field(),
             };
-            let page = client.graphql().page(entity, &req).await?;
-            let n = page.items.len();
-            if n > 0 {
-                let mut prev: Option<(DateTime<Utc>, Option<String>)> =
-                    cursor.as_ref().map(|c| (c.at, c.id.clone()));
-                let mut last_date = String::new();
-                for item in &page.items {
-                    let (Some(id), Some(date)) = (
-                        item.get("_id").and_then(Value::as_str),
-                        item.get("modificationDate").and_then(Value::as_str),
-                    ) else {
-                        return Err(Error::InvalidRecord(entity.name()));
-                    };
-                    let at = keyset::resolve_instant(date, id, prev.as_ref().map(|(a, i)| (a, i.as_deref())))
-                        .ok_or(Error::InvalidRecord(entity.name()))?;
-                    prev = Some((at, Some(id.to_string())));
-                    last_date = date.to_string();
-                }
-                let Some((at, id)) = prev else { break };
-                let next = Cursor { at, id };
-                if !state.initial_done {
-                    records += n as i64;
-                }
-                store::store_page(
-                    &t.pool,
-                    &t.schema,
-                    &t.connection,
-                    entity,
-                    &page.items,
-                    &next,
-                    &last_date,
-                    records,
-                )
-                .await?;
-                read += n as u64;
-                cursor = Some(next);
-                if let Some(m) = &self.metrics {
-                    let (ns, name) = self.labels();
-                    m.sync_records(ns, name, entity.name(), n as u64);
-                }
-                self.progress.update(|p| {
-                    let e = p.entities.entry(entity).or_default();
-                    e.watermark = Some(last_date.clone());
-                    if e.phase == Phase::Initial {
-                        e.records = records;
+            let page = match client.graphql().page_select(entity, &req, &selection).await {
+                Ok(p) => p,
+                Err(e) if tie != Tie::Offset && is_refusal(&e) => {
+                    self.demote(entity, tie, &e.to_string());
+                    if matches!(cursor.after, After::Tie(_)) {
+                        cursor.after = After::Inclusive;
                     }
-                });
-                debug!(records = n, "stored a page");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if tie != Tie::Offset && misordered(&page.items, tie) {
+                self.demote(entity, tie, "items of one second are not in the order asked for");
+                if matches!(cursor.after, After::Tie(_)) {
+                    cursor.after = After::Inclusive;
+                }
+                continue;
             }
-            if n < PAGE_SIZE as usize {
+            if first && !state.initial_done {
+                let total = records + i64::try_from(page.total_elements).unwrap_or(i64::MAX);
+                self.progress.update(|p| p.entities.entry(entity).or_default().total = Some(total));
+                let large = page.total_elements >= u64::from(self.split) * u64::from(PAGE_SIZE) * 10;
+                if state.cursor.is_none()
+                    && self.split > 1
+                    && large
+                    && matches!(tie, Tie::Field(_))
+                    && let Some(read) = self.initial_in_ranges(&client, entity, pass_started).await?
+                {
+                    return self.finish(entity, pass_started, read).await;
+                }
+            }
+            first = false;
+            let n = page.items.len();
+            let (versioned, last_date, next) = resolve_page(entity, &cursor, tie, &page.items)?;
+            let mut next = next.unwrap_or_else(|| cursor.clone());
+            let done = ends(&page);
+            let stuck = !done && !keyset::advanced(&cursor, &next);
+            if stuck && tie != Tie::Offset {
+                // Carerix answered with nothing after the cursor: it does not honour this form
+                self.demote(entity, tie, "the page did not move past the cursor");
+                cursor.after = After::Inclusive;
+                continue;
+            }
+            if !state.initial_done {
+                records += n as i64;
+            }
+            let watermark_date = last_date.unwrap_or_else(|| {
+                self.progress
+                    .update(|p| p.entities.get(&entity).and_then(|e| e.watermark.clone()))
+                    .unwrap_or_default()
+            });
+            if stuck {
+                // a second holding more than a page, and no tie breaker: read it by offsets
+                store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &versioned).await?;
+                let more = self.drain_second(&client, entity, cursor.at).await?;
+                if !state.initial_done {
+                    records += more as i64;
+                }
+                read += more;
+                next = Cursor { at: cursor.at, after: After::Exclusive };
+            }
+            if !seen.insert((next.at, format!("{:?}", next.after))) && !done {
+                return Err(Error::NoProgress(entity.name()));
+            }
+            let page_items: &[Versioned] = if stuck { &[] } else { &versioned };
+            let stored = match (&next.after, tie.property()) {
+                (After::Tie(v), Some(p)) => Cursor { at: next.at, after: After::Tie(format!("{p}={v}")) },
+                _ => Cursor::from(next.at),
+            };
+            store::store_page(
+                &t.pool,
+                &t.schema,
+                &t.connection,
+                entity,
+                page_items,
+                &stored,
+                &watermark_date,
+                records,
+            )
+            .await?;
+            read += n as u64;
+            cursor = next;
+            if let Some(m) = &self.metrics {
+                let (ns, name) = self.labels();
+                m.sync_records(ns, name, entity.name(), n as u64);
+            }
+            self.progress.update(|p| {
+                let e = p.entities.entry(entity).or_default();
+                e.watermark = Some(watermark_date.clone());
+                if e.phase == Phase::Initial {
+                    e.records = records;
+                }
+            });
+            debug!(records = n, "stored a page");
+            if done {
                 break;
             }
         }
+        self.finish(entity, pass_started, read).await
+    }
+
+    /// Ends a pass: caps the watermark at the pass's start, marks the entity incremental.
+    async fn finish(&self, entity: Entity, pass_started: DateTime<Utc>, read: u64) -> Result<u64, Error> {
+        let t = &self.target;
+        store::cap_watermark(&t.pool, &t.schema, &t.connection, entity, pass_started).await?;
         let (live, finished) = store::finish_pass(&t.pool, &t.schema, &t.connection, entity).await?;
         self.progress.update(|p| {
             let e = p.entities.entry(entity).or_default();
@@ -314,43 +540,400 @@ impl Engine {
         Ok(read)
     }
 
-    /// Lists every id Carerix has for `entity` (by keyset over `_id`, soft-deleted ones included)
-    /// and marks deleted the sink rows it no longer has, among rows synced before the listing
-    /// started. Returns how many rows were marked.
+    /// The initial pass of a large entity as [`Engine::with_split`] independent ranges of its own
+    /// numeric id field, read concurrently so the rate limiter stays busy however slow each
+    /// answer is. Each range is its own keyset pass; a record changed meanwhile stays in its
+    /// range and is read again there. The watermark afterwards is the pass's start (the first
+    /// incremental pass re-reads what changed during it). `None` when the entity is small, has no
+    /// numeric id field, or Carerix refuses the range form (the plain pass runs then; what was
+    /// stored is kept, upserts are idempotent).
+    async fn initial_in_ranges(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        pass_started: DateTime<Utc>,
+    ) -> Result<Option<u64>, Error> {
+        let Tie::Field(field) = self.tie(entity) else { return Ok(None) };
+        let bound = |direction| PageRequest {
+            qualifier: None,
+            page: 0,
+            size: 1,
+            sort: vec![(field.to_string(), direction)],
+            norestrict: entity.has_deleted_field(),
+        };
+        let selection = format!("_id {field}");
+        let (low, high) = match futures::future::try_join(
+            client.graphql().page_select(entity, &bound(Direction::Asc), &selection),
+            client.graphql().page_select(entity, &bound(Direction::Desc), &selection),
+        )
+        .await
+        {
+            Ok(pages) => pages,
+            Err(e) if is_refusal(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let num = |p: &Page| {
+            p.items.first().and_then(|i| Tie::Field(field).value_of(i)).and_then(|v| v.parse::<i64>().ok())
+        };
+        let (Some(min), Some(max)) = (num(&low), num(&high)) else { return Ok(None) };
+        let total = low.total_elements;
+        if max <= min {
+            return Ok(None);
+        }
+        self.progress.update(|p| {
+            p.entities.entry(entity).or_default().total = Some(i64::try_from(total).unwrap_or(i64::MAX))
+        });
+        let width = (max - min) / i64::from(self.split) + 1;
+        let ranges: Vec<(i64, i64)> =
+            (0..i64::from(self.split)).map(|i| (min + i * width, min + (i + 1) * width)).collect();
+        let done = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let results = futures::future::join_all(
+            ranges.iter().map(|r| self.read_range(client, entity, field, *r, done.clone())),
+        )
+        .await;
+        let mut read = 0;
+        for r in results {
+            match r {
+                Ok(n) => read += n,
+                Err(Error::Carerix(e)) if is_refusal(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let t = &self.target;
+        let records = done.load(std::sync::atomic::Ordering::Relaxed);
+        store::store_page(
+            &t.pool,
+            &t.schema,
+            &t.connection,
+            entity,
+            &[],
+            &Cursor::from(pass_started),
+            "",
+            records,
+        )
+        .await?;
+        Ok(Some(read))
+    }
+
+    async fn read_range(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        field: &'static str,
+        (lo, hi): (i64, i64),
+        done: Arc<std::sync::atomic::AtomicI64>,
+    ) -> Result<u64, Error> {
+        let t = &self.target;
+        let tie = Tie::Field(field);
+        let selection = t.selection(entity);
+        let mut cursor = Cursor::from(keyset::epoch());
+        let mut read = 0;
+        let mut seen: HashSet<(DateTime<Utc>, String)> = HashSet::new();
+        loop {
+            let req = PageRequest {
+                qualifier: Some(format!(
+                    "({}) AND {field} >= {lo} AND {field} < {hi}",
+                    keyset::modified_after(&cursor, tie)
+                )),
+                page: 0,
+                size: PAGE_SIZE,
+                sort: sort_for(tie),
+                norestrict: entity.has_deleted_field(),
+            };
+            let page = client.graphql().page_select(entity, &req, &selection).await?;
+            if misordered(&page.items, tie) {
+                self.demote(entity, tie, "items of one second are not in the order asked for");
+                return Err(Error::NoProgress(entity.name()));
+            }
+            let (versioned, _, next) = resolve_page(entity, &cursor, tie, &page.items)?;
+            store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &versioned).await?;
+            let n = versioned.len();
+            read += n as u64;
+            let total = done.fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed) + n as i64;
+            self.progress.update(|p| p.entities.entry(entity).or_default().records = total);
+            if let Some(m) = &self.metrics {
+                let (ns, name) = self.labels();
+                m.sync_records(ns, name, entity.name(), n as u64);
+            }
+            if ends(&page) {
+                return Ok(read);
+            }
+            let next = next.unwrap_or_else(|| cursor.clone());
+            if !keyset::advanced(&cursor, &next) || !seen.insert((next.at, format!("{:?}", next.after))) {
+                return Err(Error::NoProgress(entity.name()));
+            }
+            cursor = next;
+        }
+    }
+
+    /// Reads every record of one second by offset pages and stores them. Returns how many.
+    async fn drain_second(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        at: DateTime<Utc>,
+    ) -> Result<u64, Error> {
+        let t = &self.target;
+        let mut read = 0;
+        for page_no in 0..MAX_OFFSET_PAGES {
+            let req = PageRequest {
+                qualifier: Some(keyset::within_second(at)),
+                page: page_no,
+                size: PAGE_SIZE,
+                sort: vec![("creationDate".to_string(), Direction::Asc)],
+                norestrict: entity.has_deleted_field(),
+            };
+            let page = client.graphql().page_select(entity, &req, &t.selection(entity)).await?;
+            let items: Vec<Versioned> =
+                page.items.iter().map(|r| Versioned { record: r.clone(), at: Some(at) }).collect();
+            store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &items).await?;
+            read += items.len() as u64;
+            if ends(&page) {
+                return Ok(read);
+            }
+        }
+        Err(Error::NoProgress(entity.name()))
+    }
+
+    /// Reads the records whose `modificationDate` is null (no date qualifier finds them) and
+    /// stores them. Returns how many.
+    async fn null_sweep(&self, client: &CarerixClient, entity: Entity) -> Result<u64, Error> {
+        let t = &self.target;
+        let mut read = 0;
+        for page_no in 0..MAX_OFFSET_PAGES {
+            let req = PageRequest {
+                qualifier: Some(keyset::NULL_DATE.to_string()),
+                page: page_no,
+                size: PAGE_SIZE,
+                sort: vec![("creationDate".to_string(), Direction::Asc)],
+                norestrict: entity.has_deleted_field(),
+            };
+            let page = match client.graphql().page_select(entity, &req, &t.selection(entity)).await {
+                Ok(p) => p,
+                Err(e) if is_refusal(&e) => {
+                    warn!(entity = entity.name(), error = %e, "Carerix refuses `modificationDate = nil`; records without a date are found by the comparison");
+                    return Ok(read);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let items: Vec<Versioned> =
+                page.items.iter().map(|r| Versioned { record: r.clone(), at: None }).collect();
+            store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &items).await?;
+            read += items.len() as u64;
+            if ends(&page) {
+                return Ok(read);
+            }
+        }
+        Err(Error::NoProgress(entity.name()))
+    }
+
+    /// Lists every id Carerix has for `entity` (soft-deleted ones too where the type has a
+    /// `deleted` field; for `CRMatch` the restricted list, so a match that only `norestrict`
+    /// still lists counts as deleted). Returns id -> tie value, and whether the listing is
+    /// complete (no null items; for offset pages, the count matched `totalElements` throughout).
+    async fn list_ids(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+    ) -> Result<(HashMap<String, Option<String>>, bool), Error> {
+        loop {
+            let tie = self.tie(entity);
+            match self.list_ids_with(client, entity, tie).await {
+                Err(Error::Carerix(e)) if tie != Tie::Offset && is_refusal(&e) => {
+                    self.demote(entity, tie, &e.to_string());
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_ids_with(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        tie: Tie,
+    ) -> Result<(HashMap<String, Option<String>>, bool), Error> {
+        let selection = match tie.property() {
+            Some(f) if f != "_id" => format!("_id {f}"),
+            _ => "_id".to_string(),
+        };
+        let mut ids: HashMap<String, Option<String>> = HashMap::new();
+        let mut complete = true;
+        let mut last: Option<String> = None;
+        let mut totals: Vec<u64> = Vec::new();
+        for page_no in 0..MAX_OFFSET_PAGES {
+            let req = match tie.property() {
+                Some(p) => PageRequest {
+                    qualifier: keyset::tie_after(tie, last.as_deref()),
+                    page: 0,
+                    size: PAGE_SIZE,
+                    sort: vec![(p.to_string(), Direction::Asc)],
+                    norestrict: entity.has_deleted_field(),
+                },
+                None => PageRequest {
+                    qualifier: None,
+                    page: page_no,
+                    size: PAGE_SIZE,
+                    sort: vec![("creationDate".to_string(), Direction::Asc)],
+                    norestrict: entity.has_deleted_field(),
+                },
+            };
+            let page = client.graphql().page_select(entity, &req, &selection).await?;
+            if page.null_items > 0 {
+                complete = false;
+            }
+            totals.push(page.total_elements);
+            let before = last.clone();
+            for item in &page.items {
+                if let Some(id) = item.get("_id").and_then(Value::as_str) {
+                    let v = tie.value_of(item);
+                    if v.is_some() {
+                        last = v.clone();
+                    }
+                    ids.insert(id.to_string(), v);
+                }
+            }
+            if ends(&page) {
+                if tie == Tie::Offset {
+                    let steady = totals.windows(2).all(|w| w[0] == w[1]);
+                    complete &= steady && totals.first().is_some_and(|t| *t == ids.len() as u64);
+                }
+                return Ok((ids, complete));
+            }
+            if tie != Tie::Offset && last == before {
+                return Err(Error::NoProgress(entity.name()));
+            }
+        }
+        Err(Error::NoProgress(entity.name()))
+    }
+
+    /// Fetches records by id (one query per 100 by tie value or `_id`, or one by one when Carerix
+    /// refuses both) and stores those found. Returns the ids found.
+    async fn refetch(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        wanted: &[(String, Option<String>)],
+    ) -> Result<HashSet<String>, Error> {
+        let t = &self.target;
+        let mut found = HashSet::new();
+        for chunk in wanted.chunks(PAGE_SIZE as usize) {
+            let tie = self.tie(entity);
+            let by_tie = match tie {
+                Tie::Field(_) if chunk.iter().all(|(_, v)| v.is_some()) => {
+                    keyset::tie_qualifier(tie, chunk.iter().filter_map(|(_, v)| v.as_deref()))
+                }
+                _ if !self.ids_refused.load(std::sync::atomic::Ordering::Relaxed) => {
+                    Some(keyset::ids_qualifier(chunk.iter().map(|(id, _)| id.as_str())))
+                }
+                _ => None,
+            };
+            let mut records: Vec<Value> = Vec::new();
+            let mut one_by_one = by_tie.is_none();
+            if let Some(q) = by_tie {
+                let mut page_no = 0;
+                loop {
+                    let req = PageRequest {
+                        qualifier: Some(q.clone()),
+                        page: page_no,
+                        size: PAGE_SIZE,
+                        sort: vec![("creationDate".to_string(), Direction::Asc)],
+                        norestrict: entity.has_deleted_field(),
+                    };
+                    match client.graphql().page_select(entity, &req, &t.selection(entity)).await {
+                        Ok(page) => {
+                            let end = ends(&page);
+                            records.extend(page.items);
+                            if end || page_no >= MAX_OFFSET_PAGES {
+                                break;
+                            }
+                            page_no += 1;
+                        }
+                        Err(e) if is_refusal(&e) => {
+                            if tie == Tie::Id || !matches!(tie, Tie::Field(_)) {
+                                self.ids_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            one_by_one = true;
+                            records.clear();
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if one_by_one {
+                for (id, _) in chunk {
+                    if let Some(r) = client.graphql().get_select(entity, id, &t.selection(entity)).await? {
+                        records.push(r);
+                    }
+                }
+            }
+            let items: Vec<Versioned> = records.into_iter().map(Versioned::earliest).collect();
+            for v in &items {
+                if let Some(id) = v.record.get("_id").and_then(Value::as_str) {
+                    found.insert(id.to_string());
+                }
+            }
+            store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &items).await?;
+        }
+        Ok(found)
+    }
+
+    /// Compares the ids Carerix lists for `entity` with the sink: stores records the sink lacks,
+    /// reads the records without a `modificationDate`, and marks deleted the rows Carerix no
+    /// longer has, among rows synced before the listing started, each confirmed by fetching it
+    /// again. A partial listing marks nothing; a drop of more than [`MAX_DELETE_SHARE`] of the
+    /// live rows at once stops with [`Error::DeletesHeld`]. Returns how many rows were marked.
     ///
     /// # Errors
-    /// [`Error::Carerix`] or [`Error::Sink`].
+    /// [`Error::Carerix`], [`Error::Sink`], [`Error::DeletesHeld`], [`Error::NoProgress`].
     #[instrument(skip_all, fields(connection = %self.target.connection, entity = entity.name()))]
     pub async fn full_compare(&self, entity: Entity) -> Result<u64, Error> {
         let t = &self.target;
         let started = store::db_now(&t.pool).await?;
         let client = t.client();
-        let mut ids: Vec<String> = Vec::new();
-        loop {
-            let req = PageRequest {
-                qualifier: keyset::id_after(ids.last().map(String::as_str)),
-                page: 0,
-                size: PAGE_SIZE,
-                sort: vec![("_id".to_string(), Direction::Asc)],
-                norestrict: true,
-            };
-            let page = client.graphql().page_ids(entity, &req).await?;
-            let n = page.items.len();
-            ids.extend(
-                page.items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str)).map(str::to_string),
-            );
-            if n < PAGE_SIZE as usize {
-                break;
-            }
+        let (listed, complete) = self.list_ids(&client, entity).await?;
+        let in_sink = store::all_ids(&t.pool, &t.schema, &t.connection, entity).await?;
+        let missing: Vec<(String, Option<String>)> = listed
+            .iter()
+            .filter(|(id, _)| !in_sink.contains(*id))
+            .map(|(i, v)| (i.clone(), v.clone()))
+            .collect();
+        if !missing.is_empty() {
+            let found = self.refetch(&client, entity, &missing).await?;
+            info!(missing = missing.len(), stored = found.len(), "stored records the passes had not seen");
         }
-        let marked = store::mark_missing(&t.pool, &t.schema, &t.connection, entity, &ids, started).await?;
+        self.null_sweep(&client, entity).await?;
+        let tie_field = self.tie(entity).property();
+        let live = store::live_rows(&t.pool, &t.schema, &t.connection, entity, tie_field, started).await?;
+        let gone: Vec<(String, Option<String>)> =
+            live.iter().filter(|(id, _)| !listed.contains_key(id)).cloned().collect();
+        if !complete {
+            if !gone.is_empty() {
+                warn!(
+                    candidates = gone.len(),
+                    "the id listing was partial; no row is marked deleted this time"
+                );
+            }
+            return Ok(0);
+        }
+        if gone.len() >= MIN_HELD && gone.len() as f64 > MAX_DELETE_SHARE * live.len() as f64 {
+            warn!(count = gone.len(), live = live.len(), "held back a suspicious number of deletions");
+            return Err(Error::DeletesHeld { entity: entity.name(), count: gone.len(), live: live.len() });
+        }
+        let still_there =
+            if gone.is_empty() { HashSet::new() } else { self.refetch(&client, entity, &gone).await? };
+        let confirmed: Vec<String> =
+            gone.into_iter().map(|(id, _)| id).filter(|id| !still_there.contains(id)).collect();
+        let marked =
+            store::mark_deleted(&t.pool, &t.schema, &t.connection, entity, &confirmed, started).await?;
         if marked > 0 {
             info!(marked, "marked records deleted that Carerix no longer has");
         }
         Ok(marked)
     }
 
-    /// Full comparison of every entity, concurrently.
+    /// Full comparison of every entity, concurrently, then the pruning of old processed events.
     ///
     /// # Errors
     /// The first failure.
@@ -360,7 +943,20 @@ impl Engine {
         for r in results {
             total += r?;
         }
+        let t = &self.target;
+        let pruned = store::prune_events(&t.pool, &t.schema, &t.connection, EVENT_RETENTION).await?;
+        if pruned > 0 {
+            debug!(pruned, "pruned processed webhook events");
+        }
         Ok(total)
+    }
+
+    /// Whether a full comparison is due, from the stored `last_full_compare`.
+    async fn compare_due(&self, interval: Duration) -> Result<bool, Error> {
+        let t = &self.target;
+        let oldest = store::oldest_full_compare(&t.pool, &t.schema, &t.connection, &self.entities).await?;
+        let now = store::db_now(&t.pool).await?;
+        Ok(oldest.is_none_or(|at| (now - at).to_std().unwrap_or_default() >= interval))
     }
 
     fn fail(&self, e: &Error) {
@@ -385,8 +981,6 @@ impl Engine {
         let backoff = BackoffPolicy { base: Duration::from_secs(1), max: Duration::from_secs(30) };
         let mut failures = 0;
         let mut prepared = false;
-        let mut compare_due = true;
-        let mut last_compare: Option<tokio::time::Instant> = None;
         loop {
             let was_failing = self.progress.failure().is_some();
             let was_done = self.progress.initial_done();
@@ -396,10 +990,8 @@ impl Engine {
                     prepared = true;
                 }
                 self.pass().await?;
-                if compare_due || last_compare.is_some_and(|t| t.elapsed() >= compare_interval) {
+                if self.compare_due(compare_interval).await? {
                     self.compare_all().await?;
-                    compare_due = false;
-                    last_compare = Some(tokio::time::Instant::now());
                 }
                 Ok::<_, Error>(())
             }
@@ -425,4 +1017,33 @@ impl Engine {
             }
         }
     }
+}
+
+type Resolved = (Vec<Versioned>, Option<String>, Option<Cursor>);
+
+/// The instants of a page's records, the `modificationDate` text of the last dated one, and the
+/// cursor after it (records without a date are stored but do not move the cursor).
+fn resolve_page(entity: Entity, cursor: &Cursor, tie: Tie, items: &[Value]) -> Result<Resolved, Error> {
+    let mut prev: Option<(DateTime<Utc>, Option<String>)> = Some((cursor.at, None));
+    let mut out = Vec::with_capacity(items.len());
+    let mut last_date = None;
+    let mut next = None;
+    for item in items {
+        let Some(id) = item.get("_id").and_then(Value::as_str) else {
+            return Err(Error::InvalidRecord(entity.name()));
+        };
+        let Some(date) = item.get("modificationDate").and_then(Value::as_str) else {
+            out.push(Versioned { record: item.clone(), at: None });
+            continue;
+        };
+        let tv = tie.value_of(item);
+        let key = tv.clone().unwrap_or_else(|| id.to_string());
+        let at = keyset::resolve_instant(date, &key, prev.as_ref().map(|(a, i)| (a, i.as_deref())))
+            .ok_or(Error::InvalidRecord(entity.name()))?;
+        prev = Some((at, Some(key)));
+        last_date = Some(date.to_string());
+        next = Some(Cursor { at, after: tv.map_or(After::Inclusive, After::Tie) });
+        out.push(Versioned { record: item.clone(), at: Some(at) });
+    }
+    Ok((out, last_date, next))
 }

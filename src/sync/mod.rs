@@ -67,6 +67,26 @@ pub enum Error {
     /// The Secret with the sink URL is missing or incomplete.
     #[error("{0}")]
     Secret(String),
+    /// `spec.sync.fields` names a field the Carerix type does not have.
+    #[error("spec.sync.fields: {0}")]
+    InvalidFields(String),
+    /// Carerix kept answering without moving a pass or listing forward (the progress guard).
+    #[error("Carerix answers for {0} did not advance the sync; stopped the pass to avoid a loop")]
+    NoProgress(&'static str),
+    /// A comparison would have marked a suspicious share of rows deleted at once.
+    #[error(
+        "the comparison of {entity} found {count} of {live} live rows missing from Carerix, more than 5 % at once; \
+         no row was marked deleted. Check Carerix (a partial answer or a permission change looks like this); \
+         if the records really were deleted, mark them in the sink yourself"
+    )]
+    DeletesHeld {
+        /// The entity.
+        entity: &'static str,
+        /// Rows that would have been marked.
+        count: usize,
+        /// Live rows.
+        live: usize,
+    },
 }
 
 impl Error {
@@ -75,6 +95,7 @@ impl Error {
         match self {
             Error::Connect(_) | Error::Sink(_) | Error::Pool(_) => reasons::SINK_UNAVAILABLE,
             Error::Carerix(c) if c.is_retryable() => reasons::CARERIX_UNAVAILABLE,
+            Error::InvalidFields(_) => reasons::INVALID_SPEC,
             _ => reasons::SYNC_FAILED,
         }
     }
@@ -205,7 +226,8 @@ impl SyncManager {
         };
         let url = self.sink_url(obj).await?;
         let schema = Schema::new(&sync.sink.postgres.schema)?;
-        let target = Target::new(cx.clone(), self.pool_for(&url)?, schema, key_of(obj));
+        let target = Target::new(cx.clone(), self.pool_for(&url)?, schema, key_of(obj))
+            .with_selections(selections(&sync.fields)?);
         Ok(Registration {
             target: target.clone(),
             entities: sync.entities.clone(),
@@ -338,6 +360,23 @@ impl SyncManager {
     }
 }
 
+/// The selections of `spec.sync.fields`.
+///
+/// # Errors
+/// [`Error::InvalidFields`] for an unknown entity or field.
+pub fn selections(
+    fields: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<HashMap<Entity, String>, Error> {
+    let mut out = HashMap::new();
+    for (name, names) in fields {
+        let entity: Entity =
+            name.parse().map_err(|e: crate::carerix::UnknownEntity| Error::InvalidFields(e.to_string()))?;
+        let sel = entity.selection(names).map_err(|e| Error::InvalidFields(e.to_string()))?;
+        out.insert(entity, sel);
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
 impl SyncReport for SyncManager {
     async fn ensure(&self, obj: &CarerixConnection, cx: &CarerixClient, public_key: Option<String>) {
@@ -360,16 +399,41 @@ impl SyncReport for SyncManager {
             interval: sync.interval.into(),
             full_compare_interval: sync.full_compare_interval.into(),
         };
+        let selections = match selections(&sync.fields) {
+            Ok(s) => s,
+            Err(e) => return self.set_setup_error(&key, &e),
+        };
         let fingerprint = format!(
-            "{settings:?}|{}|{:x}",
+            "{settings:?}|{:?}|{}|{:x}",
+            sync.fields,
             schema.name(),
             Sha256::digest(format!("{url}|{}|{}", obj.spec.tenant, obj.spec.api_url()).as_bytes())
         );
-        self.start(Target::new(cx.clone(), pool, schema, key), settings, &fingerprint, public_key);
+        let owner = format!("{}/{}", obj.metadata.uid.clone().unwrap_or_default(), obj.spec.tenant);
+        let target = Target::new(cx.clone(), pool, schema, key).with_owner(owner).with_selections(selections);
+        self.start(target, settings, &fingerprint, public_key);
     }
 
     async fn stop(&self, obj: &CarerixConnection) {
-        self.stop_key(&key_of(obj));
+        let key = key_of(obj);
+        self.stop_key(&key);
+        let Some(sync) = &obj.spec.sync else { return };
+        // only when the connection is being deleted (suspending stops the sync too)
+        if sync.sink.on_delete != crate::api::OnDelete::Drop || obj.metadata.deletion_timestamp.is_none() {
+            return;
+        }
+        let dropped = async {
+            let url = self.sink_url(obj).await?;
+            let schema = Schema::new(&sync.sink.postgres.schema)?;
+            store::drop_connection(&self.pool_for(&url)?, &schema, &key).await
+        }
+        .await;
+        match dropped {
+            Ok(()) => info!(connection = %key, "dropped the synced rows (sink.onDelete: Drop)"),
+            Err(e) => {
+                tracing::warn!(connection = %key, error = %e, "could not drop the synced rows (sink.onDelete: Drop)")
+            }
+        }
     }
 
     fn condition(&self, obj: &CarerixConnection) -> Part {
@@ -424,8 +488,10 @@ impl SyncReport for SyncManager {
                 last_run_finished: s
                     .last_run_finished
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                total: None,
-                initial_sync_started: None,
+                total: s.total,
+                initial_sync_started: s
+                    .initial_sync_started
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             })
             .collect();
         Some(SyncStatus {

@@ -13,8 +13,10 @@ use tokio_postgres::{NoTls, Transaction};
 use super::{Error, keyset::Cursor};
 use crate::carerix::Entity;
 
-/// The versioned migrations, applied in order. Never edit one that shipped: add a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+/// The versioned migrations, applied in order. Never edit one that shipped: add a new one. Each
+/// runs with `search_path` set to the sink schema; `{entity_tables}` expands to one table per
+/// entity of [`Entity::ALL`] (a new entity arrives through a new migration that names it).
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_state (
@@ -38,6 +40,14 @@ CREATE TABLE IF NOT EXISTS processed_events (
 );
 "#;
 
+/// The entity tables (before version 2 the code created them inside version 1; `IF NOT EXISTS`
+/// keeps such sinks as they are), the instant of the modification time, and who owns the rows.
+const V2: &str = r#"
+{entity_tables}
+ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS owner text;
+CREATE INDEX IF NOT EXISTS processed_events_received ON processed_events (connection, received_at);
+"#;
+
 const ENTITY_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS {t} (
     connection text NOT NULL,
@@ -50,7 +60,19 @@ CREATE TABLE IF NOT EXISTS {t} (
     PRIMARY KEY (connection, id)
 );
 CREATE INDEX IF NOT EXISTS {t_plain}_modification ON {t} (connection, modification_date);
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS modified_at timestamptz;
 "#;
+
+fn expand(sql: &str, schema: &Schema) -> String {
+    if !sql.contains("{entity_tables}") {
+        return sql.to_string();
+    }
+    let tables: String = Entity::ALL
+        .iter()
+        .map(|e| ENTITY_TABLE.replace("{t_plain}", e.name()).replace("{t}", &schema.entity(*e)))
+        .collect();
+    sql.replace("{entity_tables}", &tables)
+}
 
 /// A pool for a sink URL. Connections are made lazily; a down server fails within seconds.
 ///
@@ -134,13 +156,7 @@ pub async fn migrate(pool: &Pool, schema: &Schema) -> Result<(), Error> {
             .is_some();
         if !done {
             tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", schema.name())).await?;
-            tx.batch_execute(sql).await?;
-            if *version == 1 {
-                for e in Entity::ALL {
-                    let ddl = ENTITY_TABLE.replace("{t_plain}", e.name()).replace("{t}", &schema.entity(e));
-                    tx.batch_execute(&ddl).await?;
-                }
-            }
+            tx.batch_execute(&expand(sql, schema)).await?;
             tx.execute(
                 &format!("INSERT INTO {} (version) VALUES ($1)", schema.table("schema_migrations")),
                 &[version],
@@ -195,7 +211,14 @@ pub async fn load_state(
     };
     let at: Option<DateTime<Utc>> = row.get(1);
     Ok(EntityState {
-        cursor: at.map(|at| Cursor { at, id: row.get(2) }),
+        // the tie value is stored as `property=value` (see `Engine`): a resumed pass uses it only
+        // while the same tie breaker is in use
+        cursor: at.map(|at| Cursor {
+            at,
+            after: row
+                .get::<_, Option<String>>(2)
+                .map_or(super::keyset::After::Inclusive, super::keyset::After::Tie),
+        }),
         watermark_date: row.get(0),
         records: row.get(3),
         initial_done: row.get(4),
@@ -204,36 +227,81 @@ pub async fn load_state(
     })
 }
 
-/// Upserts records. Newer wins: a row is not replaced by an older `modificationDate`, except in
-/// the repeated autumn hour where wall-clock order says nothing (then the last write wins).
+/// A record to upsert with the instant of its `modificationDate` (`None` when Carerix has none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned {
+    /// The record as Carerix returned it.
+    pub record: Value,
+    /// The instant of its `modificationDate`.
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl Versioned {
+    /// A record whose instant is the earliest reading of its `modificationDate` (outside a pass,
+    /// where no order tells the two readings of the repeated autumn hour apart).
+    pub fn earliest(record: Value) -> Self {
+        let at = record
+            .get("modificationDate")
+            .and_then(Value::as_str)
+            .and_then(|d| crate::carerix::time::parse_ns_calendar_date(d).ok())
+            .map(|t| t.earliest());
+        Versioned { record, at }
+    }
+}
+
+/// Upserts records. A row changes only when the record differs (re-reads are idempotent and do
+/// not touch `synced_at`). The last read wins, whatever its `modificationDate`: a late commit
+/// carries an older date than the version it replaces, so "newer date wins" would lose it; a
+/// stale write (a webhook fetch racing a pass) is corrected by the next pass, whose overlap
+/// window reads the record again.
 async fn upsert(
     tx: &Transaction<'_>,
     schema: &Schema,
     connection: &str,
     entity: Entity,
-    items: &[Value],
+    items: &[Versioned],
 ) -> Result<u64, Error> {
     if items.is_empty() {
         return Ok(0);
     }
-    let force = items
-        .iter()
-        .any(|r| r.get("modificationDate").and_then(Value::as_str).is_some_and(super::keyset::is_ambiguous));
     let sql = format!(
-        "INSERT INTO {t} AS t (connection, id, modification_date, deleted, deleted_at, record, synced_at) \
-         SELECT $1, r->>'_id', r->>'modificationDate', COALESCE(r->>'deleted', '0') NOT IN ('0', 'false'), \
-                CASE WHEN COALESCE(r->>'deleted', '0') NOT IN ('0', 'false') THEN now() END, r, now() \
-         FROM jsonb_array_elements($2::jsonb) AS r WHERE r->>'_id' IS NOT NULL \
+        "INSERT INTO {t} AS t (connection, id, modification_date, modified_at, deleted, deleted_at, record, synced_at) \
+         SELECT $1, x->'r'->>'_id', x->'r'->>'modificationDate', (x->>'at')::timestamptz, \
+                COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false'), \
+                CASE WHEN COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') THEN now() END, jsonb_strip_nulls(x->'r'), now() \
+         FROM jsonb_array_elements($2::jsonb) AS x WHERE x->'r'->>'_id' IS NOT NULL \
          ON CONFLICT (connection, id) DO UPDATE SET modification_date = excluded.modification_date, \
-             deleted = excluded.deleted, \
+             modified_at = excluded.modified_at, deleted = excluded.deleted, \
              deleted_at = CASE WHEN excluded.deleted THEN COALESCE(t.deleted_at, now()) END, \
              record = excluded.record, synced_at = now() \
-         WHERE $3 OR t.modification_date IS NULL OR excluded.modification_date IS NULL \
-             OR excluded.modification_date >= t.modification_date",
+         WHERE t.record IS DISTINCT FROM excluded.record OR t.deleted IS DISTINCT FROM excluded.deleted",
         t = schema.entity(entity)
     );
-    let array = Value::Array(items.to_vec());
-    Ok(tx.execute(&sql, &[&connection, &array, &force]).await?)
+    let array = Value::Array(
+        items
+            .iter()
+            .map(|v| serde_json::json!({ "r": v.record, "at": v.at.map(|t| t.to_rfc3339()) }))
+            .collect(),
+    );
+    Ok(tx.execute(&sql, &[&connection, &array]).await?)
+}
+
+/// Upserts records outside a pass (the null sweep, the repair of the comparison).
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn upsert_records(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    items: &[Versioned],
+) -> Result<u64, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = upsert(&tx, schema, connection, entity, items).await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// Stores one page of a pass and the new watermark in one transaction.
@@ -246,7 +314,7 @@ pub async fn store_page(
     schema: &Schema,
     connection: &str,
     entity: Entity,
-    items: &[Value],
+    items: &[Versioned],
     cursor: &Cursor,
     watermark_date: &str,
     records: i64,
@@ -262,7 +330,7 @@ pub async fn store_page(
              watermark_id = excluded.watermark_id, records = excluded.records",
             schema.table("sync_state")
         ),
-        &[&connection, &entity.name(), &watermark_date, &cursor.at, &cursor.id, &records],
+        &[&connection, &entity.name(), &watermark_date, &cursor.at, &tie_value(cursor), &records],
     )
     .await?;
     tx.commit().await?;
@@ -304,44 +372,6 @@ pub async fn finish_pass(
 pub async fn db_now(pool: &Pool) -> Result<DateTime<Utc>, Error> {
     let client = pool.get().await?;
     Ok(client.query_one("SELECT now()", &[]).await?.get(0))
-}
-
-/// Marks deleted the rows Carerix no longer has: not in `present`, and last synced before
-/// `started` (rows written since are newer than the listing and safe). Returns how many.
-///
-/// # Errors
-/// [`Error::Sink`].
-pub async fn mark_missing(
-    pool: &Pool,
-    schema: &Schema,
-    connection: &str,
-    entity: Entity,
-    present: &[String],
-    started: DateTime<Utc>,
-) -> Result<u64, Error> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            &format!(
-                "UPDATE {} SET deleted = true, deleted_at = now() WHERE connection = $1 AND NOT deleted \
-                 AND synced_at < $2 AND NOT (id = ANY($3))",
-                schema.entity(entity)
-            ),
-            &[&connection, &started, &present],
-        )
-        .await?;
-    tx.execute(
-        &format!(
-            "INSERT INTO {} (connection, entity, last_full_compare) VALUES ($1, $2, $3) \
-             ON CONFLICT (connection, entity) DO UPDATE SET last_full_compare = excluded.last_full_compare",
-            schema.table("sync_state")
-        ),
-        &[&connection, &entity.name(), &started],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(n)
 }
 
 /// Whether an event was already applied.
@@ -405,7 +435,7 @@ pub async fn apply_event(
     if fresh {
         match change {
             Change::Upsert(entity, record) => {
-                upsert(&tx, schema, connection, *entity, std::slice::from_ref(record)).await?;
+                upsert(&tx, schema, connection, *entity, &[Versioned::earliest(record.clone())]).await?;
             }
             Change::Gone(entity, id) => {
                 tx.execute(
@@ -423,4 +453,246 @@ pub async fn apply_event(
     }
     tx.commit().await?;
     Ok(fresh)
+}
+
+fn tie_value(cursor: &Cursor) -> Option<String> {
+    match &cursor.after {
+        super::keyset::After::Tie(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// Caps the stored watermark of a finished pass at `cap` (a record dated in the future must not
+/// move the start of the next pass past records changed now).
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn cap_watermark(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    cap: DateTime<Utc>,
+) -> Result<(), Error> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET watermark_at = $3, watermark_id = NULL WHERE connection = $1 AND entity = $2 \
+                 AND watermark_at > $3",
+                schema.table("sync_state")
+            ),
+            &[&connection, &entity.name(), &cap],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Makes the rows of `connection` belong to `owner` (the connection's uid and tenant): when the
+/// stored owner differs (a re-created connection, another tenant under the same name), every row
+/// and watermark of the connection is dropped first, so the sync starts clean. Returns whether it
+/// dropped anything.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn claim(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    owner: &str,
+    entities: &[Entity],
+) -> Result<bool, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("carerix-operator:{connection}")])
+        .await?;
+    let stored: Vec<Option<String>> = tx
+        .query(
+            &format!("SELECT DISTINCT owner FROM {} WHERE connection = $1", schema.table("sync_state")),
+            &[&connection],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let foreign = stored.iter().any(|o| o.as_deref().is_some_and(|o| o != owner));
+    if foreign {
+        drop_rows(&tx, schema, connection).await?;
+    }
+    tx.execute(
+        &format!("UPDATE {} SET owner = $2 WHERE connection = $1", schema.table("sync_state")),
+        &[&connection, &owner],
+    )
+    .await?;
+    for e in entities {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (connection, entity, owner) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                schema.table("sync_state")
+            ),
+            &[&connection, &e.name(), &owner],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(foreign)
+}
+
+async fn drop_rows(tx: &Transaction<'_>, schema: &Schema, connection: &str) -> Result<(), Error> {
+    for e in Entity::ALL {
+        tx.execute(&format!("DELETE FROM {} WHERE connection = $1", schema.entity(e)), &[&connection])
+            .await?;
+    }
+    for t in ["sync_state", "processed_events"] {
+        tx.execute(&format!("DELETE FROM {} WHERE connection = $1", schema.table(t)), &[&connection]).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every row, watermark and processed event of `connection` (`onDelete: Drop`).
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn drop_connection(pool: &Pool, schema: &Schema, connection: &str) -> Result<(), Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    drop_rows(&tx, schema, connection).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes processed webhook events older than `keep`. Returns how many.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn prune_events(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    keep: Duration,
+) -> Result<u64, Error> {
+    let client = pool.get().await?;
+    let secs = keep.as_secs_f64();
+    Ok(client
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE connection = $1 AND received_at < now() - make_interval(secs => $2)",
+                schema.table("processed_events")
+            ),
+            &[&connection, &secs],
+        )
+        .await?)
+}
+
+/// Ids and tie values of the live rows of an entity synced before `before`.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn live_rows(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    tie_field: Option<&str>,
+    before: DateTime<Utc>,
+) -> Result<Vec<(String, Option<String>)>, Error> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, record->>$3 FROM {} WHERE connection = $1 AND NOT deleted AND synced_at < $2",
+                schema.entity(entity)
+            ),
+            &[&connection, &before, &tie_field.unwrap_or("_id")],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Every id of an entity in the sink, deleted or not.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn all_ids(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+) -> Result<std::collections::HashSet<String>, Error> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(&format!("SELECT id FROM {} WHERE connection = $1", schema.entity(entity)), &[&connection])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Marks the given rows deleted (only those still live and synced before `before`), and records
+/// when the comparison started. Returns how many.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn mark_deleted(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    ids: &[String],
+    before: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            &format!(
+                "UPDATE {} SET deleted = true, deleted_at = now() WHERE connection = $1 AND NOT deleted \
+                 AND synced_at < $2 AND id = ANY($3)",
+                schema.entity(entity)
+            ),
+            &[&connection, &before, &ids],
+        )
+        .await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (connection, entity, last_full_compare) VALUES ($1, $2, $3) \
+             ON CONFLICT (connection, entity) DO UPDATE SET last_full_compare = excluded.last_full_compare",
+            schema.table("sync_state")
+        ),
+        &[&connection, &entity.name(), &before],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// When the oldest full comparison of the connection's entities started (`None` when one never
+/// ran): the comparison is scheduled from this, not from the process start.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn oldest_full_compare(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entities: &[Entity],
+) -> Result<Option<DateTime<Utc>>, Error> {
+    let client = pool.get().await?;
+    let names: Vec<&str> = entities.iter().map(|e| e.name()).collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT last_full_compare FROM {} WHERE connection = $1 AND entity = ANY($2)",
+                schema.table("sync_state")
+            ),
+            &[&connection, &names],
+        )
+        .await?;
+    if rows.len() < entities.len() {
+        return Ok(None);
+    }
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for r in rows {
+        let Some(at) = r.get::<_, Option<DateTime<Utc>>>(0) else { return Ok(None) };
+        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+    }
+    Ok(oldest)
 }

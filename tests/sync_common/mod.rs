@@ -203,14 +203,23 @@ pub async fn rows(t: &Target, e: Entity) -> std::collections::BTreeMap<String, (
 /// with the same fields and deleted flag, and every other row is marked deleted.
 pub async fn assert_equal(sim: &SimHandle, t: &Target, e: Entity) {
     let expected = sim.sim().list_records(TENANT, sim_entity(e)).expect("records");
+    let hidden: std::collections::BTreeSet<String> =
+        sim.sim().deleted_ids(TENANT, sim_entity(e)).expect("ids").iter().map(u64::to_string).collect();
     let rows = rows(t, e).await;
     let mut present = std::collections::BTreeSet::new();
     for rec in &expected {
         let id = rec["_id"].as_str().expect("_id").to_string();
         let (deleted, stored) =
             rows.get(&id).unwrap_or_else(|| panic!("{} {id} missing from the sink", e.name()));
-        let sim_deleted = rec.get("deleted").and_then(Value::as_i64).unwrap_or(0) != 0;
+        let sim_deleted =
+            rec.get("deleted").and_then(Value::as_i64).unwrap_or(0) != 0 || hidden.contains(&id);
         assert_eq!(*deleted, sim_deleted, "{} {id}: deleted flag", e.name());
+        if hidden.contains(&id) && rec.get("deleted").is_none() {
+            // soft-deleted without a `deleted` field (CRMatch): its last version is not read
+            // again, only its disappearance from the restricted list
+            present.insert(id);
+            continue;
+        }
         for (k, v) in stored.as_object().expect("object") {
             assert_eq!(rec.get(k).unwrap_or(&Value::Null), v, "{} {id}: field {k}", e.name());
         }
