@@ -233,7 +233,16 @@ async fn health_readiness_and_metrics_reflect_the_running_operator() {
     // Probes and metrics have their own port: the public receiver serves none of them.
     let on_receiver = reqwest::get(format!("http://127.0.0.1:{}/metrics", op.port)).await.expect("answers");
     assert_eq!(on_receiver.status().as_u16(), 404, "/metrics is not served on the receiver's port");
-    assert_eq!(op.get("/readyz").await.map(|r| r.0), Some(200));
+    // Ready once the controller's and the receiver's caches have synced (moments after start).
+    let mut ready = None;
+    for _ in 0..100 {
+        ready = op.get("/readyz").await.map(|r| r.0);
+        if ready == Some(200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, Some(200), "/readyz turns 200 once the caches have synced");
     let (status, text) = op.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     for needle in [

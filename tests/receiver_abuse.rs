@@ -59,6 +59,18 @@ async fn abuse(name: &str, tweak: impl FnOnce(&mut Limits)) -> Abuse {
     manager.start(target.clone(), settings, "test", Some(key.pem.clone()));
     let progress = manager.progress(&target.connection).expect("running");
     assert!(eventually(Duration::from_secs(60), || async { progress.initial_done() }).await, "initial sync");
+    // The sync may go on after its initial pass (the first comparison, an incremental pass):
+    // wait until it has been quiet for two seconds, so only requests made for the tests count.
+    let quiet_since = std::time::Instant::now();
+    let mut seen = sim.sim().request_log().len();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = sim.sim().request_log().len();
+        if now == seen || quiet_since.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        seen = now;
+    }
     sim.sim().clear_logs();
     Abuse { rx, sim, target, key, name }
 }
