@@ -7,6 +7,8 @@
 //! - [`sync`]: the data sync into PostgreSQL; [`receiver`]: inbound webhook deliveries.
 //! - [`run`], [`server`], [`leader`], [`metrics`]: the running process.
 //! - [`crdgen`]: the CRD YAML as shipped in `crds/`.
+//! - [`signature`]: `Cx-Signature` verification; [`conditions`], [`connection`]: the condition
+//!   vocabulary and the connection/credential helpers that the controller, sync and receiver share.
 //! - [`backoff`]: the exponential backoff the reconciler, the client and the sync share.
 //! - [`preflight`]: `carerix-operator preflight`, the checks of a tenant before anything is applied.
 
@@ -22,6 +24,7 @@ pub mod preflight;
 pub mod receiver;
 pub mod run;
 pub mod server;
+pub mod signature;
 pub mod sync;
 
 pub mod backoff;

@@ -38,7 +38,6 @@ use axum::{
     extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
 };
-use base64::Engine as _;
 use futures::{Future, StreamExt, channel::mpsc::UnboundedSender};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use kube::{
@@ -49,17 +48,12 @@ use kube::{
         watcher,
     },
 };
-use rsa::{
-    RsaPublicKey,
-    pkcs1::DecodeRsaPublicKey,
-    pkcs1v15::{Signature, VerifyingKey},
-    pkcs8::DecodePublicKey,
-    signature::Verifier,
-};
+use rsa::pkcs1v15::VerifyingKey;
 use serde::Deserialize;
 use sha2::Sha256;
 use tracing::{debug, instrument, warn};
 
+pub use crate::signature::{parse_public_key, verify_signature};
 use crate::{
     api::CarerixConnection,
     carerix::{Entity, RateLimiters},
@@ -216,25 +210,6 @@ pub fn is_dns_label(s: &str) -> bool {
 /// by `.`), of at most 63 characters (the CRD's own limit, below the subdomain's 253).
 pub fn is_connection_name(s: &str) -> bool {
     s.len() <= 63 && s.split('.').all(is_dns_label)
-}
-
-/// Parses a PEM public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`) into a verifier.
-pub fn parse_public_key(pem: &str) -> Option<VerifyingKey<Sha256>> {
-    let key = RsaPublicKey::from_public_key_pem(pem.trim())
-        .ok()
-        .or_else(|| RsaPublicKey::from_pkcs1_pem(pem.trim()).ok())?;
-    Some(VerifyingKey::<Sha256>::new(key))
-}
-
-/// Whether `signature` (base64) is a valid RSASSA-PKCS1-v1_5 SHA-256 signature of `body`.
-pub fn verify_signature(key: &VerifyingKey<Sha256>, body: &[u8], signature: &str) -> bool {
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
-        return false;
-    };
-    let Ok(sig) = Signature::try_from(raw.as_slice()) else {
-        return false;
-    };
-    key.verify(body, &sig).is_ok()
 }
 
 /// A delivery's payload (the fields the receiver uses).
@@ -678,6 +653,7 @@ pub async fn process(reg: &Registration, delivery: &Delivery) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use proptest::prelude::*;
     use rsa::{
         RsaPrivateKey,

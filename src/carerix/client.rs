@@ -18,10 +18,8 @@ use url::Url;
 
 use super::auth::{Credentials, TokenInfo, TokenSource};
 use super::error::{Error, Result};
-use super::graphql::GraphQlHandler;
 use super::observer::{NoopObserver, Observer};
 use super::rate_limit::RateLimiter;
-use super::webhooks::WebhooksHandler;
 use crate::backoff::BackoffPolicy;
 
 /// Default identity provider (the tenant's `id-*` shard must often be configured instead).
@@ -339,16 +337,6 @@ impl CarerixClient {
     /// The OAuth2 client id (Carerix records it as `_createdBy` of what the client creates).
     pub fn client_id(&self) -> &str {
         &self.inner.tokens.credentials.client_id
-    }
-
-    /// The GraphQL data API.
-    pub fn graphql(&self) -> GraphQlHandler<'_> {
-        GraphQlHandler::new(self)
-    }
-
-    /// The webhooks management REST API.
-    pub fn webhooks(&self) -> WebhooksHandler<'_> {
-        WebhooksHandler::new(self)
     }
 
     /// The scopes and lifetime of the current access token, fetching a token if none is cached.

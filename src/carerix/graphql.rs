@@ -361,6 +361,13 @@ fn extract_field(operation: &str, field: &str, response: GraphQlResponse) -> Res
     })
 }
 
+impl CarerixClient {
+    /// The GraphQL data API.
+    pub fn graphql(&self) -> GraphQlHandler<'_> {
+        GraphQlHandler::new(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -578,6 +578,13 @@ impl<'c> WebhooksHandler<'c> {
     }
 }
 
+impl CarerixClient {
+    /// The webhooks management REST API.
+    pub fn webhooks(&self) -> WebhooksHandler<'_> {
+        WebhooksHandler::new(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use tracing::{info, instrument};
 use crate::{
     api::{CarerixConnection, EntitySyncStatus, SyncStatus},
     carerix::{CarerixClient, Entity},
-    controller::conditions::{Part, reasons},
+    conditions::{Part, reasons},
     metrics::Metrics,
 };
 
@@ -231,7 +231,7 @@ impl SyncManager {
         Ok(Registration {
             target: target.clone(),
             entities: sync.entities.clone(),
-            verifying_key: public_key.and_then(crate::receiver::parse_public_key),
+            verifying_key: public_key.and_then(crate::signature::parse_public_key),
             batcher: batcher::Batcher::spawn(target),
         })
     }
@@ -269,7 +269,7 @@ impl SyncManager {
                 let reg = Registration {
                     target: old.target.clone(),
                     entities: old.entities.clone(),
-                    verifying_key: public_key.as_deref().and_then(crate::receiver::parse_public_key),
+                    verifying_key: public_key.as_deref().and_then(crate::signature::parse_public_key),
                     batcher: old.batcher.clone(),
                 };
                 inner.registered.insert(key.clone(), Arc::new(reg));
@@ -300,7 +300,7 @@ impl SyncManager {
         let reg = Registration {
             target: target.clone(),
             entities: settings.entities,
-            verifying_key: public_key.as_deref().and_then(crate::receiver::parse_public_key),
+            verifying_key: public_key.as_deref().and_then(crate::signature::parse_public_key),
             batcher: batcher::Batcher::spawn(target),
         };
         inner.registered.insert(key.clone(), Arc::new(reg));
@@ -341,7 +341,7 @@ impl SyncManager {
                 sel.name, sel.key
             )));
         };
-        let Some(url) = crate::controller::secret_value(&secret, &sel.key) else {
+        let Some(url) = crate::connection::secret_value(&secret, &sel.key) else {
             return Err(Error::Secret(format!(
                 "the Secret {:?} has no key {:?} with the PostgreSQL URL",
                 sel.name, sel.key
