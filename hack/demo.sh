@@ -84,22 +84,23 @@ kubectl apply --server-side -f crds/ >/dev/null || fail "the CRD could not be in
 kubectl wait --for=condition=Established --timeout=60s crd/carerixconnections.hiredata.io >/dev/null \
   || fail "the CRD was not established within 60s"
 op_port=$(free_port)
+probe_port=$(free_port)
 # The emulator speaks plain http on loopback: allow exactly it as the Carerix host.
 ALLOWED_CARERIX_HOSTS="http://127.0.0.1:$sim_port" \
   "$target/carerix-operator" run --kubeconfig "$KUBECONFIG" --listen "127.0.0.1:$op_port" \
-  --receiver-base-url "http://127.0.0.1:$op_port" >"$run_dir/operator.log" 2>&1 &
+  --probe-listen "127.0.0.1:$probe_port" --receiver-base-url "http://127.0.0.1:$op_port" >"$run_dir/operator.log" 2>&1 &
 op_pid=$!
 pids+=("$op_pid")
 ready=false
 for _ in $(seq 1 150); do
   kill -0 "$op_pid" 2>/dev/null || break
-  if [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$op_port/readyz" || true)" == 200 ]]; then
+  if [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$probe_port/readyz" || true)" == 200 ]]; then
     ready=true; break
   fi
   sleep 0.2
 done
-$ready || fail "the operator did not become ready on http://127.0.0.1:$op_port/readyz" "$run_dir/operator.log"
-echo "carerix-operator ready on http://127.0.0.1:$op_port (log: $run_dir/operator.log)"
+$ready || fail "the operator did not become ready on http://127.0.0.1:$probe_port/readyz" "$run_dir/operator.log"
+echo "carerix-operator ready: receiver http://127.0.0.1:$op_port, probes and metrics http://127.0.0.1:$probe_port (log: $run_dir/operator.log)"
 
 say "applying the example: Secrets and a CarerixConnection"
 kubectl create namespace recruiting --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -125,6 +126,10 @@ spec:
       events: [crmatch:created, crmatch:updated]
   sync:
     interval: 30s
+    # Full records by default (every scalar field and the _id of each to-one relation); a list
+    # narrows one entity to the fields named.
+    fields:
+      vacancies: [jobTitle, vacancyNo, startDate, endDate]
     sink:
       postgres:
         connectionSecretRef: {name: carerix-db, key: url}
@@ -150,6 +155,11 @@ psql_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql"
   union all select 'matches', count(*) from carerix.matches union all select 'publications', count(*) from carerix.publications"
 "$psql_bin" "$pg_url" -c "select id, record->>'firstName' as first_name, record->>'lastName' as last_name, modification_date
   from carerix.candidates where not deleted order by modification_date desc limit 5"
+echo "(a candidate row holds $("$psql_bin" "$pg_url" -Atc "select count(*) from jsonb_object_keys((select record from carerix.candidates limit 1))") fields; a vacancy row $("$psql_bin" "$pg_url" -Atc "select count(*) from jsonb_object_keys((select record from carerix.vacancies limit 1))"), by spec.sync.fields)"
+if [[ -x "$target/kubectl-carerix" ]]; then
+  say "kubectl carerix status (the plugin, plain text when not on a terminal)"
+  "$target/kubectl-carerix" status acme -n recruiting
+fi
 
 end_step
 printf '\n== time per step\n'
