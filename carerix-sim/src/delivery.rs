@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rsa::RsaPrivateKey;
 use rsa::pkcs1v15::SigningKey;
 use rsa::signature::{SignatureEncoding, Signer};
@@ -14,7 +14,31 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::DeliveryConfig;
-use crate::sim::{DeliveryLogEntry, State};
+use serde::{Deserialize, Serialize};
+
+/// Every delivery attempt, shared with the emulator's admin API.
+pub type DeliveryLog = Arc<Mutex<Vec<DeliveryLogEntry>>>;
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryLogEntry {
+    /// Delivery job id (one per event and webhook).
+    pub job_id: String,
+    /// Webhook id.
+    pub webhook_id: String,
+    /// Target URL.
+    pub url: String,
+    /// Attempt number from 1.
+    pub attempt: u32,
+    /// Receiver status; `None` on timeout or connection error.
+    pub status_code: Option<u16>,
+    /// Transport error, if any.
+    pub error: Option<String>,
+    /// The exact body sent.
+    pub payload: String,
+    /// Attempt time.
+    pub time: DateTime<Utc>,
+}
 
 /// One delivery job (one event for one webhook).
 pub struct Job {
@@ -39,11 +63,7 @@ pub fn sign(key: &RsaPrivateKey, body: &[u8]) -> String {
 }
 
 /// Runs until the sender side is dropped; each job gets its own task.
-pub(crate) async fn worker(
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    state: Arc<Mutex<State>>,
-    config: DeliveryConfig,
-) {
+pub(crate) async fn worker(mut rx: mpsc::UnboundedReceiver<Job>, log: DeliveryLog, config: DeliveryConfig) {
     let client = match reqwest::Client::builder().timeout(config.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -52,11 +72,11 @@ pub(crate) async fn worker(
         }
     };
     while let Some(job) = rx.recv().await {
-        tokio::spawn(deliver(job, client.clone(), state.clone(), config.clone()));
+        tokio::spawn(deliver(job, client.clone(), log.clone(), config.clone()));
     }
 }
 
-async fn deliver(job: Job, client: reqwest::Client, state: Arc<Mutex<State>>, config: DeliveryConfig) {
+async fn deliver(job: Job, client: reqwest::Client, log: DeliveryLog, config: DeliveryConfig) {
     let key = job.key.clone();
     let body = job.body.clone();
     let signature = match tokio::task::spawn_blocking(move || sign(&key, body.as_bytes())).await {
@@ -83,8 +103,8 @@ async fn deliver(job: Job, client: reqwest::Client, state: Arc<Mutex<State>>, co
         };
         let ok = status_code.is_some_and(|s| (200..300).contains(&s));
         {
-            let mut st = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.delivery_log.push(DeliveryLogEntry {
+            let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            log.push(DeliveryLogEntry {
                 job_id: job.job_id.clone(),
                 webhook_id: job.webhook_id.clone(),
                 url: job.url.clone(),

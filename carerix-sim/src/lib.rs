@@ -235,7 +235,8 @@ pub async fn spawn(config: Config) -> Result<SimHandle, Error> {
     for c in &config.clients {
         sim.register_client(&c.tenant, Some(&c.client_id), Some(&c.secret), None)?;
     }
-    tokio::spawn(delivery::worker(rx, sim.state.clone(), config.delivery.clone()));
+    let deliveries = sim.lock().delivery_log.clone();
+    tokio::spawn(delivery::worker(rx, deliveries, config.delivery.clone()));
     let app = http::router(sim.clone());
     let (stx, srx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use crate::auth::{self, Signer};
-use crate::delivery::Job;
+pub use crate::delivery::DeliveryLogEntry;
+use crate::delivery::{DeliveryLog, Job};
 use crate::model::{self, Entity, FieldKind, Record, SeedSpec, Store};
 use crate::{Config, Error};
 
@@ -197,27 +198,6 @@ pub struct RequestLogEntry {
     pub status: u16,
 }
 
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliveryLogEntry {
-    /// Delivery job id (one per event and webhook).
-    pub job_id: String,
-    /// Webhook id.
-    pub webhook_id: String,
-    /// Target URL.
-    pub url: String,
-    /// Attempt number from 1.
-    pub attempt: u32,
-    /// Receiver status; `None` on timeout or connection error.
-    pub status_code: Option<u16>,
-    /// Transport error, if any.
-    pub error: Option<String>,
-    /// The exact body sent.
-    pub payload: String,
-    /// Attempt time.
-    pub time: DateTime<Utc>,
-}
-
 struct Tenant {
     webhooks_activated: bool,
     store: Store,
@@ -238,7 +218,7 @@ pub(crate) struct State {
     faults: Vec<Fault>,
     token_epoch: u64,
     pub(crate) request_log: Vec<RequestLogEntry>,
-    pub(crate) delivery_log: Vec<DeliveryLogEntry>,
+    pub(crate) delivery_log: DeliveryLog,
     buckets: HashMap<String, Bucket>,
     switches: crate::switches::Switches,
 }
@@ -520,14 +500,15 @@ impl Sim {
 
     /// The delivery log (every delivery attempt).
     pub fn delivery_log(&self) -> Vec<DeliveryLogEntry> {
-        self.lock().delivery_log.clone()
+        let log = self.lock().delivery_log.clone();
+        log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Empties both logs.
     pub fn clear_logs(&self) {
         let mut st = self.lock();
         st.request_log.clear();
-        st.delivery_log.clear();
+        st.delivery_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     // ---------------------------------------------------------------- records
