@@ -155,7 +155,7 @@ psql_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql"
   union all select 'matches', count(*) from carerix.matches union all select 'publications', count(*) from carerix.publications"
 "$psql_bin" "$pg_url" -c "select id, record->>'firstName' as first_name, record->>'lastName' as last_name, modification_date
   from carerix.candidates where not deleted order by modification_date desc limit 5"
-echo "(a candidate row holds $("$psql_bin" "$pg_url" -Atc "select count(*) from jsonb_object_keys((select record from carerix.candidates limit 1))") fields; a vacancy row $("$psql_bin" "$pg_url" -Atc "select count(*) from jsonb_object_keys((select record from carerix.vacancies limit 1))"), by spec.sync.fields)"
+echo "(non-null fields in a stored candidate: $("$psql_bin" "$pg_url" -Atc "select count(*) from jsonb_object_keys((select record from carerix.candidates limit 1))"); in a vacancy: $("$psql_bin" "$pg_url" -Atc "select count(*) from jsonb_object_keys((select record from carerix.vacancies limit 1))"), narrowed by spec.sync.fields)"
 if [[ -x "$target/kubectl-carerix" ]]; then
   say "kubectl carerix status (the plugin, plain text when not on a terminal)"
   "$target/kubectl-carerix" status acme -n recruiting

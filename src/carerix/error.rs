@@ -334,6 +334,12 @@ impl Error {
             Error::GraphQl { messages, .. } => messages.join(" "),
             other => other.carerix_message()?.to_owned(),
         };
+        // A refused permission is written like a narrow scope (`urn:cx/webhooks:data/webhooks:create`):
+        // only the wording tells them apart, and a person fixes them in different places.
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("permission") && !lower.contains("scope") {
+            return None;
+        }
         let scopes = scopes_in(&text);
         if scopes.is_empty() { None } else { Some(scopes.join(" ")) }
     }
@@ -726,6 +732,20 @@ mod tests {
         let e = Error::RealmNotFound { tenant: "nope".into() };
         assert_eq!(e.kind(), ErrorKind::TenantNotFound);
         assert!(e.kind().stalls());
+    }
+
+    #[test]
+    fn a_refused_permission_written_like_a_scope_is_a_missing_permission_not_a_missing_scope() {
+        let e = Error::Api {
+            status: 403,
+            operation: "webhooks.create_application".into(),
+            message: Some(
+                "Access denied: permission urn:cx/webhooks:data/webhooks:create is not granted".into(),
+            ),
+            retry_after: None,
+        };
+        assert_eq!(e.missing_scope(), None);
+        assert_eq!(e.kind(), ErrorKind::MissingPermission);
     }
 
     #[test]
