@@ -308,13 +308,21 @@ async fn masked_header_values_are_a_note() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_smaller_page_cap_fails_the_page_size_check() {
-    // The sync helper's GraphQL switches may not be on this branch: the existing page cap is used.
-    let h = start(true, |c| c.page_cap = 50).await;
+async fn a_page_cap_below_the_requested_size_is_a_note_since_the_sync_reads_on() {
+    let h = start(true, |c| c.readings.page_cap = Some(50)).await;
     let run = preflight(&h, &["--entities", "candidates,vacancies"]).await;
-    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
     let line = run.line("graphql page size");
-    assert!(line.starts_with('✘') && line.contains("served 50 records for a page of 100"), "{line}");
+    assert!(line.starts_with('!') && line.contains("served 50 records for a page of 100"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_refused_in_qualifiers_is_a_note_naming_the_syncs_fallback() {
+    let h = start(true, |c| c.readings.id_in_qualifier = false).await;
+    let run = preflight(&h, &["--entities", "candidates"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let line = run.line("graphql _id qualifier");
+    assert!(line.starts_with('!') && line.contains("falls back"), "{line}");
 }
 
 fn free_port() -> u16 {
