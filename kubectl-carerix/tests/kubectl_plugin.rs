@@ -442,6 +442,21 @@ async fn reconcile_sets_the_annotation_and_returns_once_the_operator_echoes_it()
 }
 
 /// A copy of the plugin alone in a temp dir, so what is beside it is up to the test.
+/// Runs a program this test has just written. Another test thread that forks while the file is
+/// still open for writing holds it open in its child until that child execs, and running the file
+/// meanwhile fails with ETXTBSY ("Text file busy"): wait for that moment to pass.
+fn output_of_fresh_executable(cmd: &mut Command) -> std::process::Output {
+    for _ in 0..200 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.expect("runs"),
+        }
+    }
+    panic!("the freshly written program stayed busy for 2 s")
+}
+
 fn lone_plugin() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let copy = dir.path().join("kubectl-carerix");
@@ -452,11 +467,11 @@ fn lone_plugin() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn preflight_without_the_operator_binary_says_where_it_looked() {
     let (_dir, plugin) = lone_plugin();
-    let out = Command::new(&plugin)
-        .env("PATH", "/nonexistent")
-        .args(["preflight", "--tenant", "acme"])
-        .output()
-        .expect("runs");
+    let out = output_of_fresh_executable(Command::new(&plugin).env("PATH", "/nonexistent").args([
+        "preflight",
+        "--tenant",
+        "acme",
+    ]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("carerix-operator was not found on PATH nor next to kubectl-carerix"), "{err}");
@@ -469,11 +484,13 @@ fn preflight_runs_the_operator_beside_the_plugin_with_the_arguments_and_its_exit
     let fake = dir.path().join("carerix-operator");
     std::fs::write(&fake, "#!/bin/sh\necho \"operator called with: $*\"\nexit 3\n").expect("write");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = Command::new(&plugin)
-        .env("PATH", "/nonexistent")
-        .args(["preflight", "--tenant", "acme", "-o", "json"])
-        .output()
-        .expect("runs");
+    let out = output_of_fresh_executable(Command::new(&plugin).env("PATH", "/nonexistent").args([
+        "preflight",
+        "--tenant",
+        "acme",
+        "-o",
+        "json",
+    ]));
     assert_eq!(out.status.code(), Some(3), "the operator's exit code is passed on");
     assert_eq!(stdout(&out), "operator called with: preflight --tenant acme -o json\n");
 }
