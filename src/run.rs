@@ -99,8 +99,10 @@ pub struct RunArgs {
     #[arg(long, env = "BACKOFF_MAX_SECONDS", default_value_t = 300)]
     pub backoff_max_seconds: u64,
 
-    /// Connections reconciled at the same time.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    /// Connections reconciled at the same time. Reconciles wait on Carerix's answers, not on the
+    /// CPU, and the tenant's rate limit is the brake; at 200 ms per answer, 64 made 300
+    /// connections Ready in 11 s where 8 left most of them queued (docs/benchmarks.md).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
     /// Run only while holding the Lease (for more than one replica).
