@@ -10,7 +10,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::{
     api::{CarerixConnection, CarerixConnectionSpec},
-    carerix::{self, CarerixClient, Credentials, RateLimiters},
+    carerix::{self, CarerixClient, CarerixClientBuilder, Credentials, RateLimiters},
     metrics::Metrics,
 };
 
@@ -133,16 +133,28 @@ pub fn build_client(
     rate_limiters: &RateLimiters,
     metrics: &Arc<Metrics>,
 ) -> Result<CarerixClient, carerix::Error> {
+    client_builder(spec, creds, settings.timeout, rate_limiters, metrics)
+        .max_retries(settings.retries)
+        .build()
+}
+
+/// The client builder for a connection (URLs, tenant, credentials, timeout, the tenant's shared
+/// rate limit, metrics); callers add their retry policy.
+pub fn client_builder(
+    spec: &CarerixConnectionSpec,
+    creds: &SecretCredentials,
+    timeout: Duration,
+    rate_limiters: &RateLimiters,
+    metrics: &Arc<Metrics>,
+) -> CarerixClientBuilder {
     CarerixClient::builder()
         .identity_url(spec.identity_url())
         .api_url(spec.api_url())
         .tenant(&spec.tenant)
         .credentials(creds.credentials.clone())
-        .timeout(settings.timeout)
-        .max_retries(settings.retries)
+        .timeout(timeout)
         .rate_limiter(rate_limiters.for_tenant(&spec.tenant))
         .observer(metrics.carerix_observer())
-        .build()
 }
 
 #[cfg(test)]

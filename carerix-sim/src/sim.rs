@@ -573,12 +573,7 @@ impl Sim {
         fields: Map<String, Value>,
     ) -> Result<Value, SimError> {
         let mut st = self.lock();
-        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
-        let rec = t
-            .store
-            .get_mut(&entity)
-            .and_then(|m| m.get_mut(&id))
-            .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))?;
+        let rec = record_mut(&mut st, tenant, entity, id)?;
         let mut changed = apply_fields(rec, fields)?;
         bump(rec, self.readings().second_precision);
         changed.push("modificationdate".into());
@@ -596,12 +591,7 @@ impl Sim {
             return self.hard_delete_record(tenant, entity, id);
         }
         let mut st = self.lock();
-        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
-        let rec = t
-            .store
-            .get_mut(&entity)
-            .and_then(|m| m.get_mut(&id))
-            .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))?;
+        let rec = record_mut(&mut st, tenant, entity, id)?;
         rec.deleted = true;
         bump(rec, readings.second_precision);
         drop(st);
@@ -880,6 +870,20 @@ fn new_secret() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
+/// A stored record, or the error naming what is missing (the tenant or the record).
+fn record_mut<'a>(
+    st: &'a mut State,
+    tenant: &str,
+    entity: Entity,
+    id: u64,
+) -> Result<&'a mut Record, SimError> {
+    let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+    t.store
+        .get_mut(&entity)
+        .and_then(|m| m.get_mut(&id))
+        .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))
+}
+
 fn not_found(what: &str, id: &str) -> SimError {
     SimError::NotFound(format!("{what} '{id}' not found"))
 }
@@ -976,12 +980,7 @@ impl Sim {
         at: Option<DateTime<Utc>>,
     ) -> Result<Value, SimError> {
         let mut st = self.lock();
-        let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
-        let rec = t
-            .store
-            .get_mut(&entity)
-            .and_then(|m| m.get_mut(&id))
-            .ok_or_else(|| not_found(entity.type_name(), &id.to_string()))?;
+        let rec = record_mut(&mut st, tenant, entity, id)?;
         match at {
             Some(at) => {
                 rec.modification = at;

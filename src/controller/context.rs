@@ -90,15 +90,8 @@ fn reconciler_client(
     rate_limiters: &RateLimiters,
     metrics: &Arc<Metrics>,
 ) -> Result<CarerixClient, crate::carerix::Error> {
-    CarerixClient::builder()
-        .identity_url(spec.identity_url())
-        .api_url(spec.api_url())
-        .tenant(&spec.tenant)
-        .credentials(creds.credentials.clone())
-        .timeout(settings.carerix_timeout)
+    crate::connection::client_builder(spec, creds, settings.carerix_timeout, rate_limiters, metrics)
         .retry_policy(reconciler_retry_policy(settings.carerix_retries))
-        .rate_limiter(rate_limiters.for_tenant(&spec.tenant))
-        .observer(metrics.carerix_observer())
         .build()
 }
 
