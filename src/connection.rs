@@ -50,7 +50,7 @@ pub enum SecretProblem {
     /// A key is missing or empty.
     MissingKey { secret: String, key: &'static str },
     /// A key the operator refuses rather than ignores (`apiKey`).
-    Refused(crate::preflight::secret::SecretKeyProblem),
+    Refused(crate::secret_keys::SecretKeyProblem),
 }
 
 /// Reading the credentials failed.
@@ -69,7 +69,7 @@ pub fn credentials_in(name: &str, secret: Option<&Secret>) -> Result<SecretCrede
     let Some(secret) = secret else {
         return Err(SecretProblem::NotFound(name.to_string()));
     };
-    crate::preflight::secret::check_secret(name, secret).map_err(SecretProblem::Refused)?;
+    crate::secret_keys::check_secret(name, secret).map_err(SecretProblem::Refused)?;
     let Some(client_id) = secret_value(secret, "clientId") else {
         return Err(SecretProblem::MissingKey { secret: name.to_string(), key: "clientId" });
     };

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod receiver;
 pub mod run;
+pub mod secret_keys;
 pub mod server;
 pub mod signature;
 pub mod sync;

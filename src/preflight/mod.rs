@@ -11,7 +11,6 @@
 
 pub mod checks;
 pub mod report;
-pub mod secret;
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -170,9 +169,9 @@ async fn secret_from_cluster(
         );
         return Ok((None, None, check));
     };
-    let id = crate::controller::secret_value(&found, secret::CLIENT_ID_KEY);
-    let value = crate::controller::secret_value(&found, secret::CLIENT_SECRET_KEY);
-    let check = match (secret::check_secret(&shown, &found), &id, &value) {
+    let id = crate::connection::secret_value(&found, crate::secret_keys::CLIENT_ID_KEY);
+    let value = crate::connection::secret_value(&found, crate::secret_keys::CLIENT_SECRET_KEY);
+    let check = match (crate::secret_keys::check_secret(&shown, &found), &id, &value) {
         (Err(problem), _, _) => Check::fail(
             "secret",
             "secret",
