@@ -120,6 +120,19 @@ async fn main() -> Result<()> {
     println!("bound:           {bound:.0} records/s ({RATE} requests/s x 100 per page)");
     println!("of the bound:    {:.0} %", 100.0 * read as f64 / secs / bound);
     println!("peak memory:     {} (VmHWM)", vm_hwm());
+    // where the time went: GraphQL requests per 10 s of the pass (an idle limiter shows as a dip)
+    if let Some(first) = log.iter().find(|r| r.operation.starts_with("graphql")).map(|r| r.time) {
+        let mut buckets: Vec<usize> = Vec::new();
+        for r in log.iter().filter(|r| r.operation.starts_with("graphql")) {
+            let i = usize::try_from((r.time - first).num_seconds() / 10).unwrap_or_default();
+            if buckets.len() <= i {
+                buckets.resize(i + 1, 0);
+            }
+            buckets[i] += 1;
+        }
+        let per_10s: Vec<String> = buckets.iter().map(ToString::to_string).collect();
+        println!("requests/10 s:   {}", per_10s.join(" "));
+    }
     if churn > 0 {
         let ids: Vec<u64> = sim
             .sim()

@@ -39,6 +39,9 @@ pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(120);
 /// Key ranges of a large entity's initial pass, read concurrently (see `Engine::with_split`).
 pub const DEFAULT_SPLIT: u32 = 4;
 
+/// The most key ranges one entity's initial pass is split into.
+const MAX_SPLIT: u32 = 8;
+
 /// A comparison that would mark more than this share of an entity's live rows deleted at once
 /// stops and reports instead.
 pub const MAX_DELETE_SHARE: f64 = 0.05;
@@ -195,6 +198,18 @@ pub struct Engine {
     ids_refused: Arc<std::sync::atomic::AtomicBool>,
     overlap: Duration,
     split: u32,
+}
+
+/// How many key ranges an initial pass of `total` records is split into: at least `split`, and
+/// more for a large entity (one range per 25 pages, at most 8), so that its ranges keep the
+/// limiter busy alone once the smaller entities are done.
+fn range_count(split: u32, total: u64) -> u32 {
+    if split <= 1 {
+        return 1;
+    }
+    let pages = total.div_ceil(u64::from(PAGE_SIZE));
+    let wanted = u32::try_from(pages / 25).unwrap_or(u32::MAX).min(MAX_SPLIT);
+    split.max(wanted)
 }
 
 fn is_pg_down(e: &Error) -> bool {
@@ -583,20 +598,25 @@ impl Engine {
         self.progress.update(|p| {
             p.entities.entry(entity).or_default().total = Some(i64::try_from(total).unwrap_or(i64::MAX))
         });
-        let width = (max - min) / i64::from(self.split) + 1;
+        let split = range_count(self.split, total);
+        let width = (max - min) / i64::from(split) + 1;
         let ranges: Vec<(i64, i64)> =
-            (0..i64::from(self.split)).map(|i| (min + i * width, min + (i + 1) * width)).collect();
+            (0..i64::from(split)).map(|i| (min + i * width, min + (i + 1) * width)).collect();
         let done = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let results = futures::future::join_all(
-            ranges.iter().map(|r| self.read_range(client, entity, field, *r, done.clone())),
-        )
-        .await;
+        // Each range is its own task: parsing and storing pages of one range runs on any worker
+        // thread while the others wait on Carerix. Dropping the set (the sync stopped) aborts them.
+        let mut tasks = tokio::task::JoinSet::new();
+        for range in ranges {
+            let (engine, client, done) = (self.clone(), client.clone(), done.clone());
+            tasks.spawn(async move { engine.read_range(&client, entity, field, range, done).await });
+        }
         let mut read = 0;
-        for r in results {
-            match r {
-                Ok(n) => read += n,
-                Err(Error::Carerix(e)) if is_refusal(&e) => return Ok(None),
-                Err(e) => return Err(e),
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(n)) => read += n,
+                Ok(Err(Error::Carerix(e))) if is_refusal(&e) => return Ok(None),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(Error::Task(e.to_string())),
             }
         }
         let t = &self.target;
@@ -629,6 +649,8 @@ impl Engine {
         let mut cursor = Cursor::from(keyset::epoch());
         let mut read = 0;
         let mut seen: HashSet<(DateTime<Utc>, String)> = HashSet::new();
+        let mut storing: Option<std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>> = None;
+        let graphql = client.graphql();
         loop {
             let req = PageRequest {
                 qualifier: Some(format!(
@@ -640,30 +662,57 @@ impl Engine {
                 sort: sort_for(tie),
                 norestrict: entity.has_deleted_field(),
             };
-            let page = client.graphql().page_select(entity, &req, &selection).await?;
+            let fetch = graphql.page_select(entity, &req, &selection);
+            let page = match storing.take() {
+                Some(store) => {
+                    let (page, stored) = futures::future::join(fetch, store).await;
+                    stored?;
+                    page?
+                }
+                None => fetch.await?,
+            };
             if misordered(&page.items, tie) {
                 self.demote(entity, tie, "items of one second are not in the order asked for");
                 return Err(Error::NoProgress(entity.name()));
             }
             let (versioned, _, next) = resolve_page(entity, &cursor, tie, &page.items)?;
-            store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &versioned).await?;
-            let n = versioned.len();
-            read += n as u64;
-            let total = done.fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed) + n as i64;
-            self.progress.update(|p| p.entities.entry(entity).or_default().records = total);
-            if let Some(m) = &self.metrics {
-                let (ns, name) = self.labels();
-                m.sync_records(ns, name, entity.name(), n as u64);
-            }
+            read += versioned.len() as u64;
+            // The next page is asked for while this one is stored: a range then waits on Carerix
+            // or on PostgreSQL, not on both in turn.
+            let store = self.store_range_page(entity, versioned, done.clone());
             if ends(&page) {
+                store.await?;
                 return Ok(read);
             }
+            storing = Some(Box::pin(store));
             let next = next.unwrap_or_else(|| cursor.clone());
             if !keyset::advanced(&cursor, &next) || !seen.insert((next.at, format!("{:?}", next.after))) {
+                if let Some(store) = storing.take() {
+                    store.await?;
+                }
                 return Err(Error::NoProgress(entity.name()));
             }
             cursor = next;
         }
+    }
+
+    /// Stores one page of a key range and counts it in the entity's progress.
+    async fn store_range_page(
+        &self,
+        entity: Entity,
+        versioned: Vec<Versioned>,
+        done: Arc<std::sync::atomic::AtomicI64>,
+    ) -> Result<(), Error> {
+        let t = &self.target;
+        store::upsert_records(&t.pool, &t.schema, &t.connection, entity, &versioned).await?;
+        let n = versioned.len();
+        let total = done.fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed) + n as i64;
+        self.progress.update(|p| p.entities.entry(entity).or_default().records = total);
+        if let Some(m) = &self.metrics {
+            let (ns, name) = self.labels();
+            m.sync_records(ns, name, entity.name(), n as u64);
+        }
+        Ok(())
     }
 
     /// Reads every record of one second by offset pages and stores them. Returns how many.
@@ -1046,4 +1095,15 @@ fn resolve_page(entity: Entity, cursor: &Cursor, tie: Tie, items: &[Value]) -> R
         out.push(Versioned { record: item.clone(), at: Some(at) });
     }
     Ok((out, last_date, next))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_large_entity_is_read_in_more_key_ranges_up_to_eight() {
+        assert_eq!(super::range_count(4, 5_000), 4);
+        assert_eq!(super::range_count(4, 20_000), 8);
+        assert_eq!(super::range_count(4, 10_000_000), 8);
+        assert_eq!(super::range_count(1, 40_000), 1, "no split stays no split");
+    }
 }

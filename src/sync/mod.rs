@@ -73,6 +73,9 @@ pub enum Error {
     /// Carerix kept answering without moving a pass or listing forward (the progress guard).
     #[error("Carerix answers for {0} did not advance the sync; stopped the pass to avoid a loop")]
     NoProgress(&'static str),
+    /// A task reading one key range panicked or was cancelled.
+    #[error("a sync task ended unexpectedly: {0}")]
+    Task(String),
     /// A comparison would have marked a suspicious share of rows deleted at once.
     #[error(
         "the comparison of {entity} found {count} of {live} live rows missing from Carerix, more than 5 % at once; \

@@ -83,10 +83,12 @@ pub fn pool(url: &str) -> Result<Pool, Error> {
     cfg.connect_timeout(Duration::from_secs(5));
     cfg.application_name("carerix-operator");
     let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    // Waiting for a connection is back-pressure (many key ranges store pages at once), not a
+    // failure: only a pool that stays exhausted for a minute fails the pass.
     Pool::builder(mgr)
-        .max_size(8)
+        .max_size(16)
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(10)))
+        .wait_timeout(Some(Duration::from_secs(60)))
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
