@@ -321,8 +321,9 @@ impl Membership {
                 _ = tick.tick() => {}
                 () = changed.notified() => {}
             }
-            if !self.validity.is_valid() {
-                // Not joined yet (or lapsed: the keeper stops the process).
+            if !self.validity.is_valid() || !self.connections.is_ready() {
+                // Not joined yet (or lapsed: the keeper stops the process), or the connections
+                // are not all known yet (what is gained is read from them).
                 continue;
             }
             self.evaluate(&reader, ack).await;

@@ -71,9 +71,13 @@ impl Operator {
             format!("127.0.0.1:{port}"),
             "--probe-listen".into(),
             format!("127.0.0.1:{probe_port}"),
-            "--receiver-base-url".into(),
-            format!("http://127.0.0.1:{port}"),
-            "--backoff-base-seconds".into(),
+        ];
+        // Replicas of one deployment share one public URL (the Service): a test can give one.
+        if !extra.contains(&"--receiver-base-url") {
+            args.extend(["--receiver-base-url".to_string(), format!("http://127.0.0.1:{port}")]);
+        }
+        args.extend([
+            "--backoff-base-seconds".to_string(),
             "1".into(),
             "--backoff-max-seconds".into(),
             "4".into(),
@@ -81,7 +85,7 @@ impl Operator {
             "10".into(),
             "--log-level".into(),
             "info,carerix_operator=debug".into(),
-        ];
+        ]);
         if !namespaces.is_empty() {
             args.push("--namespaces".into());
             args.push(namespaces.join(","));
