@@ -111,7 +111,7 @@ pub struct RunArgs {
     pub concurrency: u16,
 
     /// Run only while holding the Lease (for more than one replica).
-    #[arg(long, env = "LEADER_ELECT", default_value_t = false, conflicts_with = "sharding")]
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
 
     /// Share the connections between the replicas (active-active): each replica holds a Lease of
@@ -209,6 +209,9 @@ pub enum Error {
          chart sets it from the downward API) or --listen to a specific address"
     )]
     ShardAddress,
+    /// Sharding and leader election exclude each other.
+    #[error("--sharding and --leader-elect exclude each other (LEADER_ELECT=false, or unset, with SHARDING)")]
+    ShardingWithLeaderElection,
 }
 
 /// Sets up logging to stderr. Call once. Text is coloured only when stderr is a terminal (and
@@ -259,6 +262,11 @@ async fn kube_client(args: &RunArgs) -> Result<Client, Error> {
 /// # Errors
 /// Fails when Kubernetes cannot be reached, the CRD is missing, or the port is taken.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
+    // Checked here, not by clap: the chart sets LEADER_ELECT=false next to SHARDING=true, and
+    // clap counts a flag set from the environment as given, whatever its value.
+    if args.sharding && args.leader_elect {
+        return Err(Error::ShardingWithLeaderElection);
+    }
     let client = kube_client(&args).await?;
     // Probe where the operator is allowed to look: a namespaced install may not list cluster-wide.
     let probe: Api<CarerixConnection> = match args.namespaces.first() {
@@ -663,5 +671,47 @@ mod log_tests {
         assert_eq!(event["message"], "Carerix rate limit reached");
         assert_eq!(event["connection"], "recruiting/acme");
         assert_eq!(event["level"], "WARN");
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use clap::Parser;
+
+    use super::{Error, RunArgs, run};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["carerix-operator"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).expect("the flags parse").run
+    }
+
+    #[tokio::test]
+    async fn sharding_and_leader_election_together_are_refused_before_anything_starts() {
+        let both = args(&["--sharding", "--leader-elect", "--kubeconfig", "/nonexistent"]);
+        assert!(matches!(run(both).await, Err(Error::ShardingWithLeaderElection)));
+        // Either alone gets past that check (and then fails on the missing kubeconfig).
+        for one in [["--sharding"], ["--leader-elect"]] {
+            let alone = args(&[one[0], "--kubeconfig", "/nonexistent"]);
+            assert!(matches!(run(alone).await, Err(Error::Kubeconfig { .. })));
+        }
+    }
+
+    #[test]
+    fn the_shard_address_is_the_pod_ip_with_the_receiver_port() {
+        let a = args(&["--sharding", "--pod-ip", "10.1.2.3", "--listen", "0.0.0.0:8080"]);
+        assert_eq!(super::shard_address(&a).expect("an address"), "10.1.2.3:8080");
+        let v6 = args(&["--sharding", "--pod-ip", "fd00::7", "--listen", "[::]:8080"]);
+        assert_eq!(super::shard_address(&v6).expect("an address"), "[fd00::7]:8080");
+        let local = args(&["--sharding", "--listen", "127.0.0.1:9000"]);
+        assert_eq!(super::shard_address(&local).expect("an address"), "127.0.0.1:9000");
+        let nowhere = args(&["--sharding", "--listen", "0.0.0.0:8080"]);
+        assert!(matches!(super::shard_address(&nowhere), Err(Error::ShardAddress)));
     }
 }
