@@ -14,7 +14,7 @@ use std::{
 
 use carerix_operator::{
     api::CarerixConnection,
-    shard::{FORWARDED_HEADER, VIEW_ANNOTATION, ring::Ring},
+    shard::{FORWARDED_HEADER, VIEW_ANNOTATION, membership::lease_name, ring::Ring},
 };
 use carerix_sim::{ClientConfig, Config as SimConfig, SimHandle, TenantConfig};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -219,7 +219,7 @@ async fn three_replicas_share_300_connections_hand_them_over_safely_and_forward_
         )
         .await;
     }
-    let a = replica(&ns, "a");
+    let mut a = replica(&ns, "a");
     let b = replica(&ns, "b");
     let mut c = replica(&ns, "c");
     settled_on(&client, &ns, &["a", "b", "c"]).await;
@@ -351,6 +351,25 @@ async fn three_replicas_share_300_connections_hand_them_over_safely_and_forward_
     for (conn, id) in &after_join {
         if id != "d" {
             assert_eq!(after_kill.get(conn), Some(id), "{conn} moved between the replicas that stayed");
+        }
+    }
+    assert_eq!(ready_count(&client, &ns).await, CONNECTIONS);
+    assert_written_once(&sim, &ns);
+
+    // a leaves gracefully (SIGTERM, as in a rollout): it finishes, deletes its Lease and exits 0;
+    // b and d take its connections without waiting for a Lease to expire.
+    let a_had = after_join.values().filter(|id| *id == "a").count();
+    let left = Instant::now();
+    let status = a.terminate();
+    assert!(status.success(), "a graceful exit: {status:?}\n{}", a.log_tail());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    assert!(leases.get_opt(&lease_name(GROUP, "a")).await.expect("a list").is_none(), "a's Lease is gone");
+    let two = [("b", &b), ("d", &d)];
+    let after_leave = wait_all_owned(&two, &ns, "every connection on b or d").await;
+    eprintln!("a's {a_had} connections on b and d {:?} after SIGTERM", left.elapsed());
+    for (conn, id) in &after_leave {
+        if after_join.get(conn).is_some_and(|old| old != "a") {
+            assert_eq!(after_join.get(conn), Some(id), "{conn} moved although its owner stayed");
         }
     }
     assert_eq!(ready_count(&client, &ns).await, CONNECTIONS);
