@@ -30,8 +30,10 @@ use support::{
 const CONNECTIONS: usize = 300;
 /// Tenants they are spread over (each with its own client and Secret).
 const TENANTS: usize = 10;
-/// Lease duration of the replicas, short so that a loss is noticed quickly.
-const LEASE_SECONDS: u64 = 4;
+/// Lease duration of the replicas: short so that a loss is noticed quickly, long enough that
+/// a replica keeps its Lease while 2 shared cores build and run debug binaries (at 4 s all three
+/// once lost theirs, one after the other, and stopped as they should).
+const LEASE_SECONDS: u64 = 10;
 const GROUP: &str = "e2e";
 const BASE_URL: &str = "https://hooks.example.com";
 
@@ -223,6 +225,7 @@ async fn three_replicas_share_300_connections_hand_them_over_safely_and_forward_
     let b = replica(&ns, "b");
     let mut c = replica(&ns, "c");
     settled_on(&client, &ns, &["a", "b", "c"]).await;
+    let idle = [a.rss_kib(), b.rss_kib(), c.rss_kib()];
 
     let url = sim.base_url().to_string();
     let url = url.trim_end_matches('/');
@@ -248,6 +251,14 @@ async fn three_replicas_share_300_connections_hand_them_over_safely_and_forward_
     // application and webhook was created exactly once.
     let three = [("a", &a), ("b", &b), ("c", &c)];
     let owner = wait_all_owned(&three, &ns, "every connection to be reconciled by one replica").await;
+    let loaded = [a.rss_kib(), b.rss_kib(), c.rss_kib()];
+    for (i, (id, _)) in three.iter().enumerate() {
+        let n = owner.values().filter(|o| o == id).count();
+        eprintln!(
+            "memory of {id}: {:?} KiB idle, {:?} KiB with {CONNECTIONS} cached, {n} owned",
+            idle[i], loaded[i]
+        );
+    }
     let ring = Ring::new(["a", "b", "c"]);
     for (conn, id) in &owner {
         assert_eq!(ring.owner(&format!("{ns}/{conn}")), Some(id.as_str()), "{conn}");
@@ -326,6 +337,14 @@ async fn three_replicas_share_300_connections_hand_them_over_safely_and_forward_
     .await;
     eprintln!("c's {} connections reconciled by a and b {:?} after SIGKILL", c_had.len(), killed.elapsed());
     let after_kill = wait_all_owned(&two, &ns, "every connection on a or b").await;
+    for (i, (id, op)) in two.iter().enumerate() {
+        let n = after_kill.values().filter(|o| o == id).count();
+        eprintln!(
+            "memory of {id}: {:?} KiB with {CONNECTIONS} cached, {n} owned (was {:?})",
+            op.rss_kib(),
+            loaded[i]
+        );
+    }
     let ring = Ring::new(["a", "b"]);
     for (conn, id) in &after_kill {
         if !c_had.contains(conn) {

@@ -174,6 +174,13 @@ impl Membership {
         Timing { duration: self.settings.duration }
     }
 
+    /// How often a member renews, and the timeout of one renewal: twice as often as a leader,
+    /// so that one slow answer of the API server leaves time for more tries before the renew
+    /// deadline (a leader gives up after one; a member that gives up drops its whole share).
+    fn renew_period(&self) -> Duration {
+        (self.timing().retry_period() / 2).max(Duration::from_millis(250))
+    }
+
     fn name(&self) -> String {
         lease_name(&self.settings.group, &self.settings.identity)
     }
@@ -274,9 +281,9 @@ impl Membership {
         let mut last_renewal: Option<Instant> = None;
         loop {
             let limit = match last_renewal {
-                None => timing.call_timeout(),
+                None => self.renew_period(),
                 Some(at) => match timing.renew_deadline().checked_sub(at.elapsed()) {
-                    Some(left) => timing.call_timeout().min(left),
+                    Some(left) => self.renew_period().min(left),
                     None => {
                         warn!("the shard Lease was not renewed within its renew deadline; stopping all work");
                         self.validity.set(Instant::now());
@@ -289,6 +296,7 @@ impl Membership {
             };
             let view = ack.borrow_and_update().clone();
             let started = Instant::now();
+            let mut wait = self.renew_period();
             match self.renew(&view, limit).await {
                 Ok(()) => {
                     if last_renewal.is_none() {
@@ -298,13 +306,16 @@ impl Membership {
                     last_renewal = Some(started);
                     self.validity.set(started + timing.renew_deadline());
                 }
-                Err(err) => warn!(error = %err, "could not renew the shard Lease"),
+                Err(err) => {
+                    warn!(error = %err, "could not renew the shard Lease; trying again");
+                    wait = Duration::from_millis(100);
+                }
             }
             tokio::select! {
-                () = tokio::time::sleep(timing.retry_period()) => {}
+                () = tokio::time::sleep(wait) => {}
                 changed = ack.changed() => {
                     if changed.is_err() {
-                        tokio::time::sleep(timing.retry_period()).await;
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
