@@ -13,58 +13,20 @@
 //! another replica can start. [`Validity`] carries that deadline to the reconciler, which does
 //! nothing once it has passed, even before the renewal loop gets to run again.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
-    jiff::{SignedDuration, Timestamp},
+    jiff::Timestamp,
 };
 use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Until when this replica may act as the leader; shared with the reconciler.
-#[derive(Clone, Debug, Default)]
-pub struct Validity {
-    /// `None`: no election, always valid.
-    until: Arc<Mutex<Option<Instant>>>,
-    elected: bool,
-}
-
-impl Validity {
-    /// Validity under an election: invalid until the lease is acquired.
-    pub fn elected() -> Self {
-        Validity { until: Arc::new(Mutex::new(Some(Instant::now()))), elected: true }
-    }
-
-    fn set(&self, until: Instant) {
-        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
-    }
-
-    /// Whether this replica may act now.
-    pub fn is_valid(&self) -> bool {
-        if !self.elected {
-            return true;
-        }
-        self.until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|u| Instant::now() < u)
-    }
-}
-
-/// A Lease call that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    /// The API refused or failed.
-    #[error(transparent)]
-    Kube(#[from] kube::Error),
-    /// The API did not answer in time.
-    #[error("the Lease call did not answer within {0:?}")]
-    Timeout(Duration),
-}
+pub use crate::lease::{LeaseError, Validity};
+use crate::lease::{Timing, bounded, expired};
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -93,20 +55,6 @@ enum Attempt {
     HeldByOther(String),
 }
 
-fn expired(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else { return true };
-    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
-        return true;
-    }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    match &spec.renew_time {
-        Some(MicroTime(renewed)) => {
-            renewed.checked_add(SignedDuration::from_secs(duration)).is_ok_and(|deadline| deadline < now)
-        }
-        None => true,
-    }
-}
-
 impl LeaderElection {
     /// An election for the given Lease.
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
@@ -123,30 +71,23 @@ impl LeaderElection {
         self
     }
 
+    fn timing(&self) -> Timing {
+        Timing { duration: self.settings.duration }
+    }
+
     fn retry_period(&self) -> Duration {
-        (self.settings.duration / 3).max(Duration::from_millis(500))
+        self.timing().retry_period()
     }
 
     /// How long a holder may go without renewing before it stops: shorter than the lease duration
     /// a standby waits, by at least one call timeout.
     pub fn renew_deadline(&self) -> Duration {
-        self.settings.duration.mul_f64(2.0 / 3.0)
+        self.timing().renew_deadline()
     }
 
     /// The timeout of one Lease call.
     pub fn call_timeout(&self) -> Duration {
-        self.retry_period()
-    }
-
-    async fn bounded<T>(
-        &self,
-        limit: Duration,
-        call: impl std::future::Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T, LeaseError> {
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(LeaseError::Timeout(limit)),
-        }
+        self.timing().call_timeout()
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
@@ -155,7 +96,7 @@ impl LeaderElection {
         let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
         LeaseSpec {
             holder_identity: Some(self.settings.identity.clone()),
-            lease_duration_seconds: Some(i32::try_from(self.settings.duration.as_secs()).unwrap_or(15)),
+            lease_duration_seconds: Some(self.timing().duration_seconds()),
             acquire_time: if same_holder {
                 previous.and_then(|p| p.acquire_time.clone())
             } else {
@@ -179,7 +120,7 @@ impl LeaderElection {
 
     async fn try_acquire_once(&self, limit: Duration) -> Result<Attempt, LeaseError> {
         let now = Timestamp::now();
-        match self.bounded(limit, self.api.get_opt(&self.settings.name)).await? {
+        match bounded(limit, self.api.get_opt(&self.settings.name)).await? {
             None => {
                 let lease = Lease {
                     metadata: ObjectMeta {
@@ -189,18 +130,17 @@ impl LeaderElection {
                     },
                     spec: Some(LeaseSpec { lease_transitions: Some(0), ..self.spec(None, now) }),
                 };
-                self.bounded(limit, self.api.create(&PostParams::default(), &lease)).await?;
+                bounded(limit, self.api.create(&PostParams::default(), &lease)).await?;
                 Ok(Attempt::Acquired)
             }
             Some(mut lease) => {
                 let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
-                if holder != self.settings.identity && !expired(&lease, now) {
+                if holder != self.settings.identity && !expired(lease.spec.as_ref(), now) {
                     return Ok(Attempt::HeldByOther(holder));
                 }
                 lease.spec = Some(self.spec(lease.spec.as_ref(), now));
                 // The resourceVersion in `lease` makes this a compare-and-swap.
-                self.bounded(limit, self.api.replace(&self.settings.name, &PostParams::default(), &lease))
-                    .await?;
+                bounded(limit, self.api.replace(&self.settings.name, &PostParams::default(), &lease)).await?;
                 Ok(Attempt::Acquired)
             }
         }
@@ -256,7 +196,7 @@ impl LeaderElection {
     pub async fn release(&self) {
         self.validity.set(Instant::now());
         let limit = self.call_timeout();
-        match self.bounded(limit, self.api.get_opt(&self.settings.name)).await {
+        match bounded(limit, self.api.get_opt(&self.settings.name)).await {
             Ok(Some(mut lease)) => {
                 let ours = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
                     == Some(self.settings.identity.as_str());
@@ -267,8 +207,7 @@ impl LeaderElection {
                     spec.holder_identity = None;
                     spec.renew_time = None;
                 }
-                match self
-                    .bounded(limit, self.api.replace(&self.settings.name, &PostParams::default(), &lease))
+                match bounded(limit, self.api.replace(&self.settings.name, &PostParams::default(), &lease))
                     .await
                 {
                     Ok(_) => info!("released the lease"),
@@ -284,30 +223,6 @@ impl LeaderElection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lease(holder: Option<&str>, renewed: Option<&str>, secs: i32) -> Lease {
-        Lease {
-            metadata: ObjectMeta::default(),
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(str::to_string),
-                renew_time: renewed.map(|r| MicroTime(r.parse().unwrap())),
-                lease_duration_seconds: Some(secs),
-                ..LeaseSpec::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn a_lease_renewed_within_its_duration_is_held() {
-        let now: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
-        assert!(!expired(&lease(Some("a"), Some("2026-01-01T00:00:00Z"), 15), now));
-    }
-
-    #[test]
-    fn a_lease_not_renewed_for_its_duration_can_be_taken_over() {
-        let now: Timestamp = "2026-01-01T00:00:16Z".parse().unwrap();
-        assert!(expired(&lease(Some("a"), Some("2026-01-01T00:00:00Z"), 15), now));
-    }
 
     #[tokio::test]
     async fn the_renew_deadline_ends_before_a_standby_may_take_over() {
@@ -351,18 +266,5 @@ mod tests {
         let got = le.try_acquire(le.call_timeout()).await;
         assert!(matches!(got, Err(LeaseError::Timeout(_))), "{got:?}");
         assert!(!le.validity.is_valid(), "no lease, no leadership");
-    }
-
-    #[test]
-    fn without_an_election_this_replica_always_may_act() {
-        assert!(Validity::default().is_valid());
-        assert!(!Validity::elected().is_valid());
-    }
-
-    #[test]
-    fn a_released_lease_can_be_taken_at_once() {
-        let now: Timestamp = "2026-01-01T00:00:01Z".parse().unwrap();
-        assert!(expired(&lease(None, None, 15), now));
-        assert!(expired(&lease(Some(""), Some("2026-01-01T00:00:00Z"), 15), now));
     }
 }

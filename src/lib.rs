@@ -5,7 +5,9 @@
 //! - [`carerix`]: the Carerix API client (OAuth, GraphQL data, webhooks management).
 //! - [`controller`]: the reconciler (credentials, webhooks, status, finalizer).
 //! - [`sync`]: the data sync into PostgreSQL; [`receiver`]: inbound webhook deliveries.
-//! - [`run`], [`server`], [`leader`], [`metrics`]: the running process.
+//! - [`run`], [`server`], [`leader`], [`lease`], [`metrics`]: the running process.
+//! - [`shard`]: active-active sharding of the connections over the replicas (Lease membership,
+//!   a consistent hash ring, a safe hand-over, forwarding of deliveries to the owner).
 //! - [`crdgen`]: the CRD YAML as shipped in `crds/`.
 //! - [`signature`]: `Cx-Signature` verification; [`conditions`], [`connection`]: the condition
 //!   vocabulary and the connection/credential helpers that the controller, sync and receiver share.
@@ -19,12 +21,14 @@ pub mod connection;
 pub mod controller;
 pub mod crdgen;
 pub mod leader;
+pub mod lease;
 pub mod metrics;
 pub mod preflight;
 pub mod receiver;
 pub mod run;
 pub mod secret_keys;
 pub mod server;
+pub mod shard;
 pub mod signature;
 pub mod sync;
 

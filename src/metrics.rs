@@ -72,6 +72,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     namespace: String,
     name: String,
@@ -96,6 +101,10 @@ pub struct Metrics {
     sync_lag: Family<EntityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     deliveries: Family<ResultLabels, Counter>,
     leader: Gauge,
+    shard_member: Family<ShardLabels, Gauge>,
+    shard_members: Family<ShardLabels, Gauge>,
+    shard_connections: Family<ShardLabels, Gauge>,
+    shard_pending: Family<ShardLabels, Gauge>,
     last_success: Family<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     sync_initial: Family<EntityLabels, Gauge>,
     sync_entity_records: Family<EntityLabels, Gauge>,
@@ -188,6 +197,30 @@ impl Metrics {
             "1 while this replica runs the controllers (holds the Lease, or leader election is off)",
             leader.clone(),
         );
+        let shard_member = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "shard_member",
+            "Sharded mode: 1 while this replica holds its membership Lease in the shard group",
+            shard_member.clone(),
+        );
+        let shard_members = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "shard_members",
+            "Sharded mode: live members of the shard group, as this replica sees them",
+            shard_members.clone(),
+        );
+        let shard_connections = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "shard_connections",
+            "Sharded mode: connections this replica works on",
+            shard_connections.clone(),
+        );
+        let shard_pending = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "shard_pending_connections",
+            "Sharded mode: connections this replica owns but waits to start (hand-over in progress)",
+            shard_pending.clone(),
+        );
         let last_success = Family::<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "last_successful_reconcile_timestamp_seconds",
@@ -232,6 +265,10 @@ impl Metrics {
             sync_lag,
             deliveries,
             leader,
+            shard_member,
+            shard_members,
+            shard_connections,
+            shard_pending,
             last_success,
             sync_initial,
             sync_entity_records,
@@ -404,6 +441,17 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    /// Sets the shard gauges of this replica in `group`: whether it is a member, the live
+    /// members it sees, the connections it works on and those it owns but waits to start.
+    pub fn set_shard(&self, group: &str, member: bool, members: usize, working: usize, pending: usize) {
+        let labels = ShardLabels { group: group.to_string() };
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.shard_member.get_or_create(&labels).set(i64::from(member));
+        self.shard_members.get_or_create(&labels).set(n(members));
+        self.shard_connections.get_or_create(&labels).set(n(working));
+        self.shard_pending.get_or_create(&labels).set(n(pending));
+    }
+
     /// Records that a reconcile pass of a connection ended without error, now.
     pub fn reconcile_succeeded(&self, namespace: &str, name: &str) {
         let now = std::time::SystemTime::now()
@@ -544,6 +592,22 @@ mod tests {
         assert!(value > 1.7e9, "{line}");
         m.set_leader(false);
         assert!(m.render().contains("carerix_operator_leader 0"));
+    }
+
+    #[test]
+    fn the_shard_gauges_appear_only_in_sharded_mode() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("carerix_operator_shard_member{"), "no series without sharding");
+        m.set_shard("carerix-operator", true, 3, 97, 4);
+        let text = m.render();
+        for line in [
+            r#"carerix_operator_shard_member{group="carerix-operator"} 1"#,
+            r#"carerix_operator_shard_members{group="carerix-operator"} 3"#,
+            r#"carerix_operator_shard_connections{group="carerix-operator"} 97"#,
+            r#"carerix_operator_shard_pending_connections{group="carerix-operator"} 4"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+        }
     }
 
     #[test]

@@ -15,9 +15,11 @@
 //!    without a known key and a bad signature. A failure on a known connection asks the
 //!    controller to re-check it, at most once per [`RECHECK_INTERVAL`]; Carerix is never asked
 //!    for a key on behalf of a delivery;
-//! 6. the payload must be JSON with `id`, `type` and `data.entityId`: else 400;
-//! 7. an event id already processed answers 200 without work;
-//! 8. the record is fetched (coalesced with other deliveries, through the tenant's rate limit), and
+//! 6. sharded: a connection this replica does not work on is forwarded, verified, to its owner's
+//!    receiver (see [`crate::shard`]), or answered 503 while it is being handed over;
+//! 7. the payload must be JSON with `id`, `type` and `data.entityId`: else 400;
+//! 8. an event id already processed answers 200 without work;
+//! 9. the record is fetched (coalesced with other deliveries, through the tenant's rate limit), and
 //!    the row and the event id are written in one transaction; only then 200.
 //!
 //! A down sink or a failing Carerix answers 503 so that Carerix retries; processing is time-boxed
@@ -36,7 +38,8 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::{Path, State, rejection::PathRejection},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use futures::{Future, StreamExt, channel::mpsc::UnboundedSender};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -59,6 +62,7 @@ use crate::{
     carerix::{Entity, RateLimiters},
     controller,
     metrics::Metrics,
+    shard::{FORWARDED_HEADER, Route, Shards},
     sync::{
         Registration, SyncManager,
         store::{self, Change},
@@ -79,6 +83,25 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a receiver-built view of a connection (on a standby) is kept before it is rebuilt.
 const REGISTRATION_TTL: Duration = Duration::from_secs(120);
+
+/// `Retry-After` of a delivery this replica cannot serve during a hand-over, in seconds.
+pub const HAND_OVER_RETRY_AFTER_SECONDS: u64 = 5;
+
+/// The `result` label of a delivery forwarded to its owner (which counts its own result).
+pub const FORWARDED: &str = "forwarded";
+
+/// Headers of a delivery that are not passed on when it is forwarded (hop-by-hop, or set anew).
+const NOT_FORWARDED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+];
 
 /// Rate-limiter entries kept before idle ones are dropped.
 const LIMITER_ENTRIES: usize = 10_000;
@@ -123,11 +146,16 @@ pub enum Outcome {
     CarerixUnavailable,
     /// Processing took longer than [`PROCESSING_BUDGET`].
     Timeout,
+    /// Verified, but sharded and no replica serves the connection right now (hand-over, or a
+    /// forwarded delivery that reached a replica that does not own it): Carerix retries.
+    NotOwner,
+    /// Verified, but the owner's receiver could not be reached: Carerix retries.
+    ForwardFailed,
 }
 
 impl Outcome {
     /// Every outcome, for tests and documentation.
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Ignored,
@@ -146,6 +174,8 @@ impl Outcome {
         Outcome::SinkUnavailable,
         Outcome::CarerixUnavailable,
         Outcome::Timeout,
+        Outcome::NotOwner,
+        Outcome::ForwardFailed,
     ];
 
     /// The metric label.
@@ -169,6 +199,8 @@ impl Outcome {
             Outcome::SinkUnavailable => "sink_unavailable",
             Outcome::CarerixUnavailable => "carerix_unavailable",
             Outcome::Timeout => "timeout",
+            Outcome::NotOwner => "not_owner",
+            Outcome::ForwardFailed => "forward_failed",
         }
     }
 
@@ -190,8 +222,30 @@ impl Outcome {
             | Outcome::SetupFailed
             | Outcome::SinkUnavailable
             | Outcome::CarerixUnavailable
-            | Outcome::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            | Outcome::Timeout
+            | Outcome::NotOwner
+            | Outcome::ForwardFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+}
+
+/// The answer to a delivery: this replica's outcome, or the owner's answer to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Served (or refused) here.
+    Local(Outcome),
+    /// Forwarded to the owner's receiver: its status and `Retry-After`, passed on.
+    Forwarded {
+        /// The owner's status.
+        status: StatusCode,
+        /// The owner's `Retry-After`, if any.
+        retry_after: Option<HeaderValue>,
+    },
+}
+
+impl From<Outcome> for Reply {
+    fn from(outcome: Outcome) -> Self {
+        Reply::Local(outcome)
     }
 }
 
@@ -331,6 +385,11 @@ impl Connections {
         self.stores.iter().find_map(|s| s.get(&key))
     }
 
+    /// Every connection in the cache.
+    pub fn refs(&self) -> Vec<ObjectRef<CarerixConnection>> {
+        self.stores.iter().flat_map(Store::state).map(|c| ObjectRef::from_obj(c.as_ref())).collect()
+    }
+
     /// Whether every store has its first full list.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -366,6 +425,9 @@ struct Inner {
     rate_limiters: RateLimiters,
     reconcile: UnboundedSender<ObjectRef<CarerixConnection>>,
     leading: Arc<AtomicBool>,
+    shards: Shards,
+    identity: String,
+    forwarder: reqwest::Client,
     limits: Limits,
     limiter: DefaultKeyedRateLimiter<String>,
     caches: Mutex<Caches>,
@@ -390,6 +452,10 @@ pub struct Parts {
     pub reconcile: UnboundedSender<ObjectRef<CarerixConnection>>,
     /// This replica runs the controllers (re-check requests are only sent then).
     pub leading: Arc<AtomicBool>,
+    /// This replica's share of the connections ([`Shards::unsharded`] without sharding).
+    pub shards: Shards,
+    /// This replica's identity, sent along with forwarded deliveries.
+    pub identity: String,
     /// Limits.
     pub limits: Limits,
 }
@@ -400,6 +466,13 @@ impl Receiver {
         let rate = parts.limits.rate_per_second;
         let burst = rate.checked_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)).unwrap_or(rate);
         let limiter = RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst));
+        // Plain HTTP to another replica's pod address: never through a proxy from the environment.
+        let forwarder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(PROCESSING_BUDGET)
+            .build()
+            .unwrap_or_default();
         Receiver {
             inner: Arc::new(Inner {
                 client: parts.client,
@@ -410,6 +483,9 @@ impl Receiver {
                 rate_limiters: parts.rate_limiters,
                 reconcile: parts.reconcile,
                 leading: parts.leading,
+                shards: parts.shards,
+                identity: parts.identity,
+                forwarder,
                 limits: parts.limits,
                 limiter,
                 caches: Mutex::new(Caches::default()),
@@ -431,6 +507,59 @@ impl Receiver {
     pub fn answer(&self, outcome: Outcome) -> StatusCode {
         self.inner.metrics.delivery(outcome.as_str());
         outcome.status()
+    }
+
+    /// Counts a reply and makes the response: a hand-over asks Carerix to retry a little later.
+    pub fn respond(&self, reply: Reply) -> Response {
+        match reply {
+            Reply::Local(outcome) => {
+                let status = self.answer(outcome);
+                if matches!(outcome, Outcome::NotOwner | Outcome::ForwardFailed) {
+                    (status, [(header::RETRY_AFTER, HAND_OVER_RETRY_AFTER_SECONDS.to_string())])
+                        .into_response()
+                } else {
+                    status.into_response()
+                }
+            }
+            Reply::Forwarded { status, retry_after } => {
+                self.inner.metrics.delivery(FORWARDED);
+                let mut response = status.into_response();
+                if let Some(value) = retry_after {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+        }
+    }
+
+    /// Passes a verified delivery on to the owner's receiver at `address`, as it came (same
+    /// path, headers and body), marked so that it is not forwarded again.
+    async fn forward(
+        &self,
+        address: &str,
+        namespace: &str,
+        name: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Reply {
+        let url = format!("http://{address}/webhooks/{namespace}/{name}");
+        let mut request = self.inner.forwarder.post(url).body(body);
+        for (header_name, value) in headers {
+            if !NOT_FORWARDED.contains(&header_name.as_str()) && header_name.as_str() != FORWARDED_HEADER {
+                request = request.header(header_name, value);
+            }
+        }
+        request = request.header(FORWARDED_HEADER, self.inner.identity.as_str());
+        match request.send().await {
+            Ok(answer) => Reply::Forwarded {
+                status: answer.status(),
+                retry_after: answer.headers().get(header::RETRY_AFTER).cloned(),
+            },
+            Err(e) => {
+                debug!(error = %e, owner = %address, "could not forward a delivery to its owner");
+                Reply::Local(Outcome::ForwardFailed)
+            }
+        }
     }
 
     fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
@@ -533,28 +662,47 @@ impl Receiver {
     }
 
     /// The whole delivery, from a valid name on.
-    async fn deliver(&self, namespace: &str, name: &str, headers: &HeaderMap, body: Body) -> Outcome {
+    async fn deliver(&self, namespace: &str, name: &str, headers: &HeaderMap, body: Body) -> Reply {
         let key = format!("{namespace}/{name}");
         if !self.admit(&key) {
-            return Outcome::RateLimited;
+            return Outcome::RateLimited.into();
         }
         let Some(signature) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
-            return Outcome::Unsigned;
+            return Outcome::Unsigned.into();
         };
         let body = match tokio::time::timeout(self.inner.limits.body_read_timeout, read_body(body)).await {
             Ok(Ok(body)) => body,
-            Ok(Err(outcome)) => return outcome,
-            Err(_) => return Outcome::SlowBody,
+            Ok(Err(outcome)) => return outcome.into(),
+            Err(_) => return Outcome::SlowBody.into(),
         };
         let Some(obj) = self.inner.connections.get(namespace, name) else {
-            return Outcome::UnknownConnection;
+            return Outcome::UnknownConnection.into();
         };
         let running = self.inner.sync.registration(&key);
         if let Err(outcome) = self.verify(&key, &obj, running.as_deref(), &body, signature) {
             self.request_recheck(&key, &obj);
-            return outcome;
+            return outcome.into();
         }
-        let Some(delivery) = parse_delivery(&body) else {
+        // Verified: only now may it cost another replica anything.
+        match self.inner.shards.route(&key) {
+            Route::Local => {}
+            Route::Forward(owner) if !headers.contains_key(FORWARDED_HEADER) => {
+                return self.forward(&owner, namespace, name, headers, body).await;
+            }
+            Route::Forward(_) | Route::Unavailable => return Outcome::NotOwner.into(),
+        }
+        self.apply(&key, &obj, running, &body).await.into()
+    }
+
+    /// Applies a verified delivery of a connection this replica serves.
+    async fn apply(
+        &self,
+        key: &str,
+        obj: &CarerixConnection,
+        running: Option<Arc<Registration>>,
+        body: &[u8],
+    ) -> Outcome {
+        let Some(delivery) = parse_delivery(body) else {
             return Outcome::Malformed;
         };
         let apply = async {
@@ -564,7 +712,7 @@ impl Receiver {
                 None if obj.spec.sync.is_none() => return Outcome::Ignored,
                 // Suspended: nothing may reach Carerix. Carerix retries later.
                 None if obj.spec.suspend => return Outcome::Suspended,
-                None => match self.registration(&key, &obj).await {
+                None => match self.registration(key, obj).await {
                     Ok(reg) => reg,
                     Err(outcome) => return outcome,
                 },
@@ -602,24 +750,24 @@ pub async fn receive(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> StatusCode {
-    let outcome = match path {
+) -> Response {
+    let reply = match path {
         Ok(Path((namespace, name))) if is_dns_label(&namespace) && is_connection_name(&name) => {
             let declared = headers
                 .get(axum::http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-                Outcome::TooLarge
+                Outcome::TooLarge.into()
             } else {
-                let outcome = receiver.deliver(&namespace, &name, &headers, body).await;
-                debug!(connection = %format!("{namespace}/{name}"), result = outcome.as_str(), "delivery");
-                outcome
+                let reply = receiver.deliver(&namespace, &name, &headers, body).await;
+                debug!(connection = %format!("{namespace}/{name}"), reply = ?reply, "delivery");
+                reply
             }
         }
-        _ => Outcome::InvalidName,
+        _ => Outcome::InvalidName.into(),
     };
-    receiver.answer(outcome)
+    receiver.respond(reply)
 }
 
 /// Applies a verified delivery.
@@ -774,6 +922,8 @@ mod tests {
             (Outcome::SinkUnavailable, 503),
             (Outcome::CarerixUnavailable, 503),
             (Outcome::Timeout, 503),
+            (Outcome::NotOwner, 503),
+            (Outcome::ForwardFailed, 503),
         ];
         assert_eq!(table.len(), Outcome::ALL.len());
         for (outcome, code) in table {

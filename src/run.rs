@@ -2,7 +2,8 @@
 //!
 //! One process serves the webhook receiver on one port and `/healthz`, `/readyz`, `/metrics` on
 //! another, and runs one controller per watched namespace (or one for all namespaces). With leader
-//! election on, only the leader runs the controllers, so only it writes to Carerix.
+//! election on, only the leader runs the controllers, so only it writes to Carerix. With sharding
+//! on, every replica runs them for its own share of the connections (`crate::shard`).
 
 use std::{
     net::SocketAddr,
@@ -38,6 +39,10 @@ use crate::{
     metrics::Metrics,
     receiver::{Connections, Limits, Parts as ReceiverParts, Receiver},
     server::{self, ProbeState},
+    shard::{
+        Shards,
+        membership::{MemberSettings, Membership, Parts as MemberParts},
+    },
     sync::SyncManager,
 };
 
@@ -109,15 +114,35 @@ pub struct RunArgs {
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
 
-    /// Name of the Lease.
+    /// Share the connections between the replicas (active-active): each replica holds a Lease of
+    /// its own and works on the connections a consistent hash ring gives it (docs/sharding.md).
+    #[arg(long, env = "SHARDING", default_value_t = false)]
+    pub sharding: bool,
+
+    /// Shard group: the replicas with the same group share the connections (the label value
+    /// and name prefix of their Leases).
+    #[arg(long, env = "SHARD_GROUP", default_value = "carerix-operator")]
+    pub shard_group: String,
+
+    /// This replica's address as the other replicas reach it (the pod IP); deliveries for the
+    /// connections it owns are forwarded to this address and the receiver's port. Default: the
+    /// address of `--listen`, when it is not 0.0.0.0.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<String>,
+
+    /// UID of this replica's Pod: its shard Lease is then owned by the Pod and deleted with it.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+
+    /// Name of the Lease (leader election).
     #[arg(long, env = "LEASE_NAME", default_value = "carerix-operator")]
     pub lease_name: String,
 
-    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    /// Namespace of the Lease, or of the shard Leases (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// How long a Lease is valid without renewal, in seconds.
+    /// How long a Lease (the leader's or a shard member's) is valid without renewal, in seconds.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
 
@@ -178,6 +203,15 @@ pub enum Error {
     /// The sink could not be set up.
     #[error("failed to set up the data sync")]
     Sync(#[source] crate::sync::Error),
+    /// Sharding needs an address the other replicas can forward deliveries to.
+    #[error(
+        "--sharding needs this replica's address for the other replicas: set POD_IP (--pod-ip, the \
+         chart sets it from the downward API) or --listen to a specific address"
+    )]
+    ShardAddress,
+    /// Sharding and leader election exclude each other.
+    #[error("--sharding and --leader-elect exclude each other (LEADER_ELECT=false, or unset, with SHARDING)")]
+    ShardingWithLeaderElection,
 }
 
 /// Sets up logging to stderr. Call once. Text is coloured only when stderr is a terminal (and
@@ -228,6 +262,11 @@ async fn kube_client(args: &RunArgs) -> Result<Client, Error> {
 /// # Errors
 /// Fails when Kubernetes cannot be reached, the CRD is missing, or the port is taken.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
+    // Checked here, not by clap: the chart sets LEADER_ELECT=false next to SHARDING=true, and
+    // clap counts a flag set from the environment as given, whatever its value.
+    if args.sharding && args.leader_elect {
+        return Err(Error::ShardingWithLeaderElection);
+    }
     let client = kube_client(&args).await?;
     // Probe where the operator is allowed to look: a namespaced install may not list cluster-wide.
     let probe: Api<CarerixConnection> = match args.namespaces.first() {
@@ -251,11 +290,48 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         carerix_retries: args.carerix_retries,
         allowed_hosts: args.allowed_carerix_hosts.clone(),
     };
-    let validity = if args.leader_elect {
+    let validity = if args.leader_elect || args.sharding {
         crate::leader::Validity::elected()
     } else {
         crate::leader::Validity::default()
     };
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let alive = Arc::new(AtomicBool::new(true));
+    // Without leader election this replica always leads (sharded: for its own share).
+    let leading = Arc::new(AtomicBool::new(!args.leader_elect));
+    metrics.set_leader(!args.leader_elect && !args.sharding);
+    let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
+    // Every replica, leader or standby, keeps the connections in memory for the receiver.
+    let (connections, watch_connections) = Connections::watch(&client, &args.namespaces);
+    let connections_task = tokio::spawn(watch_connections);
+    let membership = if args.sharding {
+        Some(Membership::new(MemberParts {
+            client: client.clone(),
+            settings: MemberSettings {
+                group: args.shard_group.clone(),
+                namespace: lease_namespace.clone(),
+                identity: identity.clone(),
+                duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
+                address: shard_address(&args)?,
+                pod_uid: args.pod_uid.clone(),
+            },
+            validity: validity.clone(),
+            metrics: metrics.clone(),
+            sync: sync.clone(),
+            connections: connections.clone(),
+            reconcile: reconcile_tx.clone(),
+        }))
+    } else {
+        None
+    };
+    let shards = membership.as_ref().map_or_else(Shards::unsharded, Membership::shards);
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -265,19 +341,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             metrics.clone(),
             sync.clone(),
         )
-        .with_leadership(validity.clone()),
+        .with_leadership(validity.clone())
+        .with_shards(shards.clone()),
     );
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ready = Arc::new(AtomicBool::new(false));
-    let alive = Arc::new(AtomicBool::new(true));
-    // Without leader election this replica always leads.
-    let leading = Arc::new(AtomicBool::new(!args.leader_elect));
-    metrics.set_leader(!args.leader_elect);
-    let (reconcile_tx, reconcile_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CarerixConnection>>();
-    // Every replica, leader or standby, keeps the connections in memory for the receiver.
-    let (connections, watch_connections) = Connections::watch(&client, &args.namespaces);
-    let connections_task = tokio::spawn(watch_connections);
     let defaults = Limits::default();
     let receiver = Receiver::new(ReceiverParts {
         client: client.clone(),
@@ -288,6 +354,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         rate_limiters,
         reconcile: reconcile_tx.clone(),
         leading: leading.clone(),
+        shards,
+        identity: identity.clone(),
         limits: Limits {
             rate_per_second: std::num::NonZeroU32::new(args.receiver_rate_limit)
                 .unwrap_or(defaults.rate_per_second),
@@ -336,11 +404,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     });
 
     let leader = if args.leader_elect {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".into());
+        let namespace = lease_namespace;
         Some(
             LeaderElection::new(
                 client.clone(),
@@ -383,7 +447,20 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 _ = shutdown.changed() => {}
             }
         }
-        None => controllers.await,
+        None => match &membership {
+            Some(membership) => {
+                info!(identity = %identity, group = %args.shard_group, "sharding on: joining the shard group");
+                tokio::select! {
+                    () = controllers => {}
+                    () = membership.run(shutdown_tx.clone()) => {
+                        warn!("lost the shard membership; stopping");
+                    }
+                }
+                // Stop all work, the syncs included, then let the others take over at once.
+                membership.leave().await;
+            }
+            None => controllers.await,
+        },
     }
     alive.store(false, Ordering::SeqCst);
     let _ = shutdown_tx.send(true);
@@ -400,6 +477,19 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Where the other replicas forward deliveries to this one: the pod IP, else the listen address.
+fn shard_address(args: &RunArgs) -> Result<String, Error> {
+    let port = args.listen.port();
+    match args.pod_ip.as_deref().map(str::trim).filter(|ip| !ip.is_empty()) {
+        Some(ip) => Ok(match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port).to_string(),
+            Err(_) => format!("{ip}:{port}"),
+        }),
+        None if !args.listen.ip().is_unspecified() => Ok(args.listen.to_string()),
+        None => Err(Error::ShardAddress),
+    }
 }
 
 fn default_identity() -> String {
@@ -581,5 +671,47 @@ mod log_tests {
         assert_eq!(event["message"], "Carerix rate limit reached");
         assert_eq!(event["connection"], "recruiting/acme");
         assert_eq!(event["level"], "WARN");
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use clap::Parser;
+
+    use super::{Error, RunArgs, run};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["carerix-operator"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).expect("the flags parse").run
+    }
+
+    #[tokio::test]
+    async fn sharding_and_leader_election_together_are_refused_before_anything_starts() {
+        let both = args(&["--sharding", "--leader-elect", "--kubeconfig", "/nonexistent"]);
+        assert!(matches!(run(both).await, Err(Error::ShardingWithLeaderElection)));
+        // Either alone gets past that check (and then fails on the missing kubeconfig).
+        for one in [["--sharding"], ["--leader-elect"]] {
+            let alone = args(&[one[0], "--kubeconfig", "/nonexistent"]);
+            assert!(matches!(run(alone).await, Err(Error::Kubeconfig { .. })));
+        }
+    }
+
+    #[test]
+    fn the_shard_address_is_the_pod_ip_with_the_receiver_port() {
+        let a = args(&["--sharding", "--pod-ip", "10.1.2.3", "--listen", "0.0.0.0:8080"]);
+        assert_eq!(super::shard_address(&a).expect("an address"), "10.1.2.3:8080");
+        let v6 = args(&["--sharding", "--pod-ip", "fd00::7", "--listen", "[::]:8080"]);
+        assert_eq!(super::shard_address(&v6).expect("an address"), "[fd00::7]:8080");
+        let local = args(&["--sharding", "--listen", "127.0.0.1:9000"]);
+        assert_eq!(super::shard_address(&local).expect("an address"), "127.0.0.1:9000");
+        let nowhere = args(&["--sharding", "--listen", "0.0.0.0:8080"]);
+        assert!(matches!(super::shard_address(&nowhere), Err(Error::ShardAddress)));
     }
 }

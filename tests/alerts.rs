@@ -70,7 +70,7 @@ fn the_rendered_rules_pass_promtool_check_and_name_metrics_the_operator_exports(
     let (ok, text) =
         run(Command::new(promtool()).arg("check").arg("rules").arg(dir.path().join("rules.yaml")));
     assert!(ok, "promtool check rules:\n{text}");
-    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
 
     let exported = observability::exported_sample_names(&observability::exercised_registry());
     for alert in rendered_alerts(&rule) {

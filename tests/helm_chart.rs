@@ -215,6 +215,36 @@ fn more_than_one_replica_turns_leader_election_on_with_a_lease_role_in_the_relea
 
 #[test]
 #[ignore = "needs helm: hack/test.sh"]
+fn sharding_runs_every_replica_with_its_pod_address_and_a_role_for_the_shard_leases() {
+    let docs = documents(&render(
+        RELEASE,
+        "carerix-system",
+        &["replicas=3", "sharding.enabled=true", "networkPolicy.enabled=true"],
+    ));
+    let deployment = find(&docs, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(env(deployment, "LEADER_ELECT")["value"], "false", "no leader: every replica works");
+    assert_eq!(env(deployment, "SHARDING")["value"], "true");
+    assert_eq!(env(deployment, "SHARD_GROUP")["value"], RELEASE);
+    assert_eq!(env(deployment, "LEASE_DURATION_SECONDS")["value"], "15");
+    assert_eq!(env(deployment, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    assert_eq!(env(deployment, "POD_UID")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.uid");
+    let roles = find(&docs, "Role");
+    assert_eq!(roles.len(), 1, "only the shard Lease role is namespaced");
+    assert_eq!(roles[0]["metadata"]["name"], format!("{RELEASE}-shards"));
+    assert_eq!(roles[0]["metadata"]["namespace"], "carerix-system");
+    // The replicas reach each other's receiver (forwarded deliveries) through the NetworkPolicy.
+    let policy = serde_json::to_string(find(&docs, "NetworkPolicy")[0]).unwrap_or_default();
+    assert_eq!(policy.matches("podSelector").count(), 3, "the policy's own, and one each way: {policy}");
+
+    let single = documents(&render(RELEASE, "carerix-system", &["replicas=3"]));
+    let deployment = find(&single, "Deployment")[0];
+    assert_eq!(env(deployment, "LEADER_ELECT")["value"], "true", "without sharding: one leader");
+    assert_eq!(env(deployment, "SHARDING"), Value::Null);
+}
+
+#[test]
+#[ignore = "needs helm: hack/test.sh"]
 fn a_namespaced_install_has_a_role_per_watched_namespace_and_no_cluster_role() {
     let docs = documents(&render(RELEASE, "carerix-system", &["watchNamespaces={team-a,team-b}"]));
     assert!(find(&docs, "ClusterRole").is_empty(), "no ClusterRole in namespaced mode");
@@ -308,6 +338,21 @@ fn the_render_with_every_optional_object_is_accepted_by_the_api_server() {
     );
     assert!(manifests.contains("kind: ServiceMonitor"));
     dry_run(cp, &manifests);
+}
+
+#[test]
+#[ignore = "needs the control plane and helm: hack/test.sh"]
+fn a_sharded_render_is_accepted_by_the_api_server() {
+    let cp = control_plane();
+    let ns = cp.namespace("chart-shards");
+    dry_run(
+        cp,
+        &render(
+            &format!("cx-{ns}"),
+            &ns,
+            &["replicas=3", "sharding.enabled=true", "networkPolicy.enabled=true"],
+        ),
+    );
 }
 
 // === CRDs and schema ===
@@ -536,6 +581,24 @@ fn without_leader_election_the_operator_gets_no_lease_rights() {
     sa.assert_can(&["watch", "carerixconnections.hiredata.io", "-n", &ns]);
     sa.assert_cannot(&["create", "leases.coordination.k8s.io", "-n", &ns]);
     sa.assert_cannot(&["get", &format!("leases.coordination.k8s.io/{release}"), "-n", &ns]);
+}
+
+#[test]
+#[ignore = "needs the control plane and helm: hack/test.sh"]
+fn sharded_replicas_may_manage_the_leases_of_their_own_namespace_only() {
+    let cp = control_plane();
+    let ns = cp.namespace("rbac-shards");
+    let other = cp.namespace("rbac-shards-other");
+    let release = short_release(&ns);
+    apply(cp, &rbac_only(&release, &ns, &["sharding.enabled=true", "replicas=3"]));
+    let sa = Identity::service_account(cp, &ns, &release);
+    assert_operator_rights_in(&sa, &ns);
+    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
+        sa.assert_can(&[verb, "leases.coordination.k8s.io", "-n", &ns]);
+    }
+    sa.assert_cannot(&["create", "leases.coordination.k8s.io", "-n", &other]);
+    sa.assert_cannot(&["list", "leases.coordination.k8s.io", "--all-namespaces"]);
+    assert_nothing_more_in(&sa, &ns);
 }
 
 #[test]

@@ -41,8 +41,8 @@ use url::Url;
 pub use model::Entity;
 pub use readings::{IdOrder, Readings};
 pub use sim::{
-    ApplicationInfo, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind, RequestLogEntry, Sim,
-    SimError, TenantInfo, WebhookInfo, WebhookStatus,
+    ApplicationInfo, ApplicationWrites, ClientCredentials, ClientInfo, DeliveryLogEntry, Fault, FaultKind,
+    RequestLogEntry, Sim, SimError, TenantInfo, WebhookInfo, WebhookStatus,
 };
 pub use switches::{Permission, Switches};
 

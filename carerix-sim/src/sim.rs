@@ -140,6 +140,33 @@ pub struct WebhookInfo {
     pub created: DateTime<Utc>,
 }
 
+/// The writes made to one application (by name) and its webhooks since the emulator started, so
+/// that a test can tell whether two writers created or changed the same thing twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplicationWrites {
+    /// Applications created with this name.
+    pub applications_created: u32,
+    /// Applications with this name deleted.
+    pub applications_deleted: u32,
+    /// Webhooks created in them.
+    pub webhooks_created: u32,
+    /// Webhooks deleted from them.
+    pub webhooks_deleted: u32,
+    /// Webhooks enabled or disabled.
+    pub webhook_status_changes: u32,
+}
+
+impl ApplicationWrites {
+    /// All writes.
+    pub fn total(&self) -> u32 {
+        self.applications_created
+            + self.applications_deleted
+            + self.webhooks_created
+            + self.webhooks_deleted
+            + self.webhook_status_changes
+    }
+}
+
 struct Application {
     info: ApplicationInfo,
     key: Arc<RsaPrivateKey>,
@@ -204,6 +231,19 @@ struct Tenant {
     next_id: u64,
     applications: BTreeMap<String, Application>,
     webhooks: BTreeMap<String, WebhookInfo>,
+    /// Writes per application name.
+    writes: BTreeMap<String, ApplicationWrites>,
+}
+
+impl Tenant {
+    /// The write counter of the application `app` (by id).
+    fn writes_of(&mut self, app: &str) -> &mut ApplicationWrites {
+        let name = self
+            .applications
+            .get(app)
+            .map_or_else(|| format!("(unknown application {app})"), |a| a.info.name.clone());
+        self.writes.entry(name).or_default()
+    }
 }
 
 struct Bucket {
@@ -302,6 +342,7 @@ impl Sim {
                 next_id,
                 applications: BTreeMap::new(),
                 webhooks: BTreeMap::new(),
+                writes: BTreeMap::new(),
             },
         );
         drop(st);
@@ -697,6 +738,7 @@ impl Sim {
         let mut st = self.lock();
         let t = st.tenants.get_mut(tenant).ok_or_else(|| not_found("tenant", tenant))?;
         t.applications.insert(info.id.clone(), Application { info: info.clone(), key: Arc::new(key) });
+        t.writes_of(&info.id).applications_created += 1;
         Ok(info)
     }
 
@@ -734,6 +776,7 @@ impl Sim {
         {
             return Err(not_owner("application", app));
         }
+        t.writes_of(app).applications_deleted += 1;
         t.applications.remove(app);
         t.webhooks.retain(|_, w| w.application_id != app);
         Ok(())
@@ -795,6 +838,7 @@ impl Sim {
             created: Utc::now(),
         };
         t.webhooks.insert(w.id.clone(), w.clone());
+        t.writes_of(app).webhooks_created += 1;
         Ok(w)
     }
 
@@ -845,7 +889,9 @@ impl Sim {
             return Err(not_owner("webhook", id));
         }
         w.status = status;
-        Ok(w.clone())
+        let w = w.clone();
+        t.writes_of(&w.application_id).webhook_status_changes += 1;
+        Ok(w)
     }
 
     /// Deletes a webhook; `caller` must own it (`None` = admin).
@@ -861,8 +907,29 @@ impl Sim {
         {
             return Err(not_owner("webhook", id));
         }
-        t.webhooks.remove(id);
+        if let Some(w) = t.webhooks.remove(id) {
+            t.writes_of(&w.application_id).webhooks_deleted += 1;
+        }
         Ok(())
+    }
+
+    /// The writes made to each application of a tenant (by application name, deleted ones
+    /// included) and to its webhooks, through the API or the admin methods.
+    pub fn application_writes(&self, tenant: &str) -> Result<BTreeMap<String, ApplicationWrites>, SimError> {
+        let st = self.lock();
+        let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+        Ok(t.writes.clone())
+    }
+
+    /// `Cx-Signature` of `body` signed with the private key of application `app`, as a delivery
+    /// of that application would carry it (for tests that post deliveries themselves).
+    pub fn sign_as_application(&self, tenant: &str, app: &str, body: &[u8]) -> Result<String, SimError> {
+        let key = {
+            let st = self.lock();
+            let t = st.tenants.get(tenant).ok_or_else(|| not_found("tenant", tenant))?;
+            t.applications.get(app).ok_or_else(|| not_found("Application", app))?.key.clone()
+        };
+        Ok(crate::delivery::sign(&key, body))
     }
 }
 

@@ -452,3 +452,47 @@ async fn a_signed_delivery_verifies_with_the_application_public_key_after_a_retr
     assert_eq!(log[1].attempt, 2);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn writes_are_counted_per_application_name_so_a_second_writer_shows() {
+    let h = start(true, |_| {}).await;
+    let t = token(&h).await;
+    let first = create_app(&h, &t, "carerix-operator.ns.one").await;
+    let _again = create_app(&h, &t, "carerix-operator.ns.one").await;
+    let other = create_app(&h, &t, "carerix-operator.ns.two").await;
+    let id = first["_id"].as_str().or_else(|| first["id"].as_str()).expect("an id").to_string();
+    let hook = h
+        .sim()
+        .create_webhook(
+            "acme",
+            "demo-client",
+            &id,
+            &json!({"url": "https://x.example.com/h", "filters": [{"eventType": "crmatch:created"}]}),
+        )
+        .expect("webhook");
+    h.sim().delete_webhook("acme", None, &hook.id).expect("deleted");
+    let writes = h.sim().application_writes("acme").expect("tenant");
+    let one = &writes["carerix-operator.ns.one"];
+    assert_eq!(one.applications_created, 2, "the duplicate shows: {one:?}");
+    assert_eq!((one.webhooks_created, one.webhooks_deleted), (1, 1));
+    assert_eq!(one.total(), 4);
+    assert_eq!(writes["carerix-operator.ns.two"].total(), 1);
+
+    // A test can sign a delivery as the application would.
+    let other_id = other["_id"].as_str().or_else(|| other["id"].as_str()).expect("an id");
+    let body = br#"{"id":"e1","type":"crmatch:created","data":{"entityId":"1"}}"#;
+    let signature = h.sim().sign_as_application("acme", other_id, body).expect("signed");
+    let pem = h
+        .sim()
+        .applications("acme")
+        .expect("apps")
+        .into_iter()
+        .find(|a| a.id == other_id)
+        .expect("app")
+        .public_key;
+    let key = VerifyingKey::<Sha256>::new(rsa::RsaPublicKey::from_public_key_pem(&pem).expect("pem"));
+    let raw = STANDARD.decode(signature).expect("base64");
+    key.verify(body, &Signature::try_from(raw.as_slice()).expect("signature")).expect("verifies");
+    assert!(h.sim().sign_as_application("acme", "no-such-app", body).is_err());
+    h.shutdown().await;
+}

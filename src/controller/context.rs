@@ -140,6 +140,8 @@ pub struct Context {
     pub sync: Arc<dyn SyncReport>,
     /// Whether this replica may act (leader election); always when there is no election.
     pub leadership: crate::leader::Validity,
+    /// This replica's share of the connections (sharded mode); all of them otherwise.
+    pub shards: crate::shard::Shards,
     connector: Box<dyn Connector>,
     clients: Mutex<HashMap<String, (ClientKey, Connected)>>,
 }
@@ -192,6 +194,7 @@ impl Context {
             metrics,
             sync,
             leadership: crate::leader::Validity::default(),
+            shards: crate::shard::Shards::unsharded(),
             connector,
             clients: Mutex::new(HashMap::new()),
         }
@@ -200,6 +203,12 @@ impl Context {
     /// The same context, acting only while `leadership` is valid.
     pub fn with_leadership(mut self, leadership: crate::leader::Validity) -> Self {
         self.leadership = leadership;
+        self
+    }
+
+    /// The same context, working only on the connections of this replica's share.
+    pub fn with_shards(mut self, shards: crate::shard::Shards) -> Self {
+        self.shards = shards;
         self
     }
 

@@ -70,6 +70,18 @@ pub use crate::{
 /// Entry point for the controller runtime.
 #[instrument(skip_all, fields(connection = %key_of(&obj)))]
 pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Sharded: another replica owns it, or it is being handed over. Nothing at all happens here,
+    // not even finalizer work; the membership asks for a pass once this replica may start it.
+    let key = key_of(&obj);
+    let Some(_work) = ctx.shards.begin(&key) else {
+        // Owned but waiting for the hand-over: look again soon, in case the membership's request
+        // came before this connection reached its cache.
+        return Ok(if ctx.shards.owns(&key) {
+            Action::requeue(Duration::from_secs(2))
+        } else {
+            Action::await_change()
+        });
+    };
     if !ctx.leadership.is_valid() {
         // The lease lapsed (paused, or cut off from the API): a standby may lead by now.
         return Ok(Action::requeue(Duration::from_secs(5)));

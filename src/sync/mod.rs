@@ -322,6 +322,11 @@ impl SyncManager {
         inner.setup_errors.remove(key);
     }
 
+    /// The connections (`namespace/name`) whose sync runs here.
+    pub fn running_keys(&self) -> Vec<String> {
+        self.lock().running.keys().cloned().collect()
+    }
+
     /// The progress of connection `key`, if its sync runs.
     pub fn progress(&self, key: &str) -> Option<Arc<engine::Progress>> {
         self.lock().running.get(key).map(|r| r.progress.clone())

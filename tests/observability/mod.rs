@@ -198,6 +198,7 @@ pub fn exercised_registry() -> String {
     m.reconcile_failed("CarerixUnavailable");
     m.reconcile_succeeded("shop", "acme");
     m.set_leader(true);
+    m.set_shard("carerix-operator", true, 3, 100, 0);
     m.set_conditions(
         &obj,
         &[Condition {

@@ -134,6 +134,8 @@ pub async fn serve_receiver(
         rate_limiters: RateLimiters::new(10),
         reconcile: tx,
         leading: leading.clone(),
+        shards: carerix_operator::shard::Shards::unsharded(),
+        identity: "receiver-test".into(),
         limits,
     });
     let probes = ProbeState {

@@ -71,9 +71,13 @@ impl Operator {
             format!("127.0.0.1:{port}"),
             "--probe-listen".into(),
             format!("127.0.0.1:{probe_port}"),
-            "--receiver-base-url".into(),
-            format!("http://127.0.0.1:{port}"),
-            "--backoff-base-seconds".into(),
+        ];
+        // Replicas of one deployment share one public URL (the Service): a test can give one.
+        if !extra.contains(&"--receiver-base-url") {
+            args.extend(["--receiver-base-url".to_string(), format!("http://127.0.0.1:{port}")]);
+        }
+        args.extend([
+            "--backoff-base-seconds".to_string(),
             "1".into(),
             "--backoff-max-seconds".into(),
             "4".into(),
@@ -81,7 +85,7 @@ impl Operator {
             "10".into(),
             "--log-level".into(),
             "info,carerix_operator=debug".into(),
-        ];
+        ]);
         if !namespaces.is_empty() {
             args.push("--namespaces".into());
             args.push(namespaces.join(","));
@@ -148,6 +152,15 @@ impl Operator {
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its resident memory (VmRSS) in KiB, on Linux; for measurements printed by tests.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// The last lines of its log, for failure messages.

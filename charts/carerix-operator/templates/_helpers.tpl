@@ -43,7 +43,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* "true" when leader election is on: asked for, or needed because replicas > 1. */}}
 {{- define "carerix-operator.leaderElect" -}}
-{{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{ else }}false{{ end }}
+{{- if .Values.sharding.enabled }}false{{- else if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{ else }}false{{ end }}
 {{- end }}
 
 {{/* The receiver's public base URL: the value, else https://<ingress host> with the Ingress on. */}}
