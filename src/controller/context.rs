@@ -140,6 +140,8 @@ pub struct Context {
     pub sync: Arc<dyn SyncReport>,
     /// Whether this replica may act (leader election); always when there is no election.
     pub leadership: crate::leader::Validity,
+    /// Rate-limiter reservations of passes waiting for their tenant's budget.
+    pub admissions: super::throttle::Admissions,
     connector: Box<dyn Connector>,
     clients: Mutex<HashMap<String, (ClientKey, Connected)>>,
 }
@@ -192,6 +194,7 @@ impl Context {
             metrics,
             sync,
             leadership: crate::leader::Validity::default(),
+            admissions: super::throttle::Admissions::default(),
             connector,
             clients: Mutex::new(HashMap::new()),
         }
@@ -256,6 +259,7 @@ impl Context {
     pub async fn forget(&self, obj: &CarerixConnection) {
         let key = key_of(obj);
         self.forget_client(&key).await;
+        self.admissions.forget(&key);
         self.backoffs.succeeded(&key);
         self.metrics.forget_connection(&obj.namespace().unwrap_or_default(), &obj.name_any());
     }
