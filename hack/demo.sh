@@ -7,6 +7,9 @@
 #
 #   hack/demo.sh          run the demo, print the results, stop everything
 #   hack/demo.sh --keep   the same, then keep everything running until Ctrl-C (prints how to use it)
+#
+# The emulator holds 2000 records per entity (DEMO_RECORDS to change it): the initial sync takes
+# some twenty seconds or more, and the demo prints the `kubectl carerix status -w` command to follow it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
