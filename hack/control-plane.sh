@@ -3,6 +3,7 @@
 #
 #   hack/control-plane.sh start [DIR] [--watch-pid PID]   start; prints `export KUBECONFIG=DIR/kubeconfig`
 #   hack/control-plane.sh stop  [DIR]                     stop the processes started in DIR and remove DIR
+#   hack/control-plane.sh restart-apiserver [DIR]         restart kube-apiserver alone (etcd and its data stay)
 #   hack/control-plane.sh user  [DIR] NAME [GROUP]        write DIR/NAME.kubeconfig for a client-cert user
 #
 # DIR defaults to $CONTROL_PLANE_DIR or /tmp/carerix-operator-cp. With --watch-pid, a watcher stops
@@ -71,6 +72,48 @@ stop() {
   rm -rf "$DIR"
 }
 
+launch_apiserver() { # kube-apiserver on the port and etcd recorded in DIR, in the background
+  local bin port etcd_port pki="$DIR/pki"
+  bin=$(cat "$DIR/bin"); port=$(cat "$DIR/port"); etcd_port=$(cat "$DIR/etcd-port")
+  "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+    --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --authorization-mode=RBAC \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-account-issuer="https://127.0.0.1:$port/" \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --disable-admission-plugins=ServiceAccount \
+    --allow-privileged=true \
+    --endpoint-reconciler-type=none \
+    >>"$DIR/kube-apiserver.log" 2>&1 &
+  echo $! > "$DIR/kube-apiserver.pid"
+}
+
+wait_ready() {
+  for _ in $(seq 1 240); do ready && break; running || break; sleep 0.5; done
+  if ! ready; then
+    log "kube-apiserver did not become ready; last lines of $DIR/kube-apiserver.log:"
+    tail -30 "$DIR/kube-apiserver.log" >&2
+    exit 1
+  fi
+}
+
+# Stops kube-apiserver and starts it again on the same port with the same etcd (the data stays):
+# what a control-plane upgrade or a crashed API server looks like to the operator.
+restart_apiserver() {
+  [[ -f "$DIR/kube-apiserver.pid" ]] || { log "no kube-apiserver started in $DIR"; exit 1; }
+  local pid; pid=$(cat "$DIR/kube-apiserver.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  launch_apiserver
+  wait_ready
+  log "kube-apiserver restarted on https://127.0.0.1:$(cat "$DIR/port")"
+}
+
 start() {
   local watch_pid=""
   while [[ $# -gt 0 ]]; do case "$1" in --watch-pid) watch_pid=$2; shift 2;; *) log "unknown flag $1"; exit 2;; esac; done
@@ -83,7 +126,7 @@ start() {
   mkdir -p "$DIR/pki" "$DIR/etcd"
   local etcd_port peer_port port
   etcd_port=$(free_port); peer_port=$(free_port); port=$(free_port)
-  echo "$port" > "$DIR/port"; echo "$bin" > "$DIR/bin"
+  echo "$port" > "$DIR/port"; echo "$bin" > "$DIR/bin"; echo "$etcd_port" > "$DIR/etcd-port"
 
   local pki="$DIR/pki"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/ca.key" 2>/dev/null
@@ -106,29 +149,10 @@ start() {
   echo $! > "$DIR/etcd.pid"
   for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null && break; sleep 0.2; done
 
-  "$bin/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
-    --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" \
-    --authorization-mode=RBAC \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --service-account-issuer="https://127.0.0.1:$port/" \
-    --service-account-key-file="$pki/sa.pub" \
-    --service-account-signing-key-file="$pki/sa.key" \
-    --disable-admission-plugins=ServiceAccount \
-    --allow-privileged=true \
-    --endpoint-reconciler-type=none \
-    >"$DIR/kube-apiserver.log" 2>&1 &
-  echo $! > "$DIR/kube-apiserver.pid"
+  launch_apiserver
   write_kubeconfig "$DIR/kubeconfig" admin
 
-  for _ in $(seq 1 240); do ready && break; running || break; sleep 0.5; done
-  if ! ready; then
-    log "kube-apiserver did not become ready; last lines of $DIR/kube-apiserver.log:"
-    tail -30 "$DIR/kube-apiserver.log" >&2
-    exit 1
-  fi
+  wait_ready
   if [[ -n "$watch_pid" ]]; then
     ( trap '' HUP; while kill -0 "$watch_pid" 2>/dev/null; do sleep 1; done; CONTROL_PLANE_DIR="$DIR" "$here/control-plane.sh" stop "$DIR" ) \
       </dev/null >/dev/null 2>&1 &
@@ -141,9 +165,10 @@ start() {
 case "$cmd" in
   start) start "$@" ;;
   stop) stop ;;
+  restart-apiserver) restart_apiserver ;;
   user)
     name=${1:?usage: control-plane.sh user [DIR] NAME [GROUP]}; group=${2:-}
     issue_client_cert "$name" "$group"; write_kubeconfig "$DIR/$name.kubeconfig" "$name"
     echo "$DIR/$name.kubeconfig" ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

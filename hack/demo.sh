@@ -7,6 +7,9 @@
 #
 #   hack/demo.sh          run the demo, print the results, stop everything
 #   hack/demo.sh --keep   the same, then keep everything running until Ctrl-C (prints how to use it)
+#
+# The emulator holds 2000 records per entity (DEMO_RECORDS to change it): the initial sync takes
+# some twenty seconds or more, and the demo prints the `kubectl carerix status -w` command to follow it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
@@ -63,10 +66,13 @@ pg_env="$("$here/postgres.sh" start "$run_dir/pg")" || fail "PostgreSQL did not 
 eval "$pg_env"
 pg_url="$CARERIX_TEST_POSTGRES_URL"
 
-say "starting the Carerix emulator (tenant acme, client demo-client, webhooks activated)"
+# 2000 records per entity (14000 in all): an initial sync of some twenty seconds, long enough to
+# follow with `kubectl carerix status -w`.
+demo_records="${DEMO_RECORDS:-2000}"
+say "starting the Carerix emulator (tenant acme, client demo-client, webhooks activated, $demo_records records per entity)"
 sim_port=$(free_port)
 "$target/carerix-sim" --listen "127.0.0.1:$sim_port" --tenant acme --client acme:demo-client:demo-secret \
-  --webhooks-activated --records 300 >"$run_dir/sim.out" 2>"$run_dir/sim.log" &
+  --webhooks-activated --records "$demo_records" >"$run_dir/sim.out" 2>"$run_dir/sim.log" &
 sim_pid=$!
 pids+=("$sim_pid")
 sim_url=""
@@ -134,6 +140,11 @@ spec:
       postgres:
         connectionSecretRef: {name: carerix-db, key: url}
 YAML
+
+if [[ -x "$target/kubectl-carerix" ]]; then
+  echo "follow the initial sync live, in another terminal:"
+  echo "  PATH=\"$target:$testbin:\$PATH\" KUBECONFIG=$KUBECONFIG kubectl carerix status acme -n recruiting -w"
+fi
 
 say "waiting for Ready (kubectl wait --for=condition=Ready)"
 if ! kubectl -n recruiting wait --for=condition=Ready cxc/acme --timeout=180s; then

@@ -7,7 +7,9 @@
 //! holder clears `holderIdentity`, and a standby takes over at its next try instead of waiting
 //! for the lease to expire.
 //!
-//! Every Lease call has a timeout (a third of the lease duration), and the holder gives up once
+//! A renewal that fails is tried again after a twelfth of the duration, not a third, so that one
+//! refused or dropped call (an API server restarting, a busy node) does not use up the renew
+//! deadline by itself. Every Lease call has a timeout (a third of the lease duration), and the holder gives up once
 //! it has not renewed for the renew deadline (two thirds of the duration), which is shorter than
 //! the time a standby waits: so a holder that was paused or cut off from the API stops before
 //! another replica can start. [`Validity`] carries that deadline to the reconciler, which does
@@ -165,9 +167,10 @@ impl LeaderElection {
     pub async fn keep_renewing(&self, shutdown: watch::Sender<bool>) {
         let mut last_renewal = Instant::now();
         let mut stop = shutdown.subscribe();
+        let mut pause = self.retry_period();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(self.retry_period()) => {}
+                () = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => {
                     // Keep holding until the controllers have finished.
                     std::future::pending::<()>().await;
@@ -181,13 +184,19 @@ impl LeaderElection {
             };
             let started = Instant::now();
             match self.try_acquire(self.call_timeout().min(left)).await {
-                Ok(Attempt::Acquired) => last_renewal = started,
+                Ok(Attempt::Acquired) => {
+                    last_renewal = started;
+                    pause = self.retry_period();
+                }
                 Ok(Attempt::HeldByOther(holder)) => {
                     warn!(%holder, "another replica took the lease");
                     let _ = shutdown.send(true);
                     return;
                 }
-                Err(err) => warn!(error = %err, "could not renew the lease"),
+                Err(err) => {
+                    warn!(error = %err, "could not renew the lease");
+                    pause = self.retry_period() / 4;
+                }
             }
         }
     }
@@ -267,4 +276,52 @@ mod tests {
         assert!(matches!(got, Err(LeaseError::Timeout(_))), "{got:?}");
         assert!(!le.validity.is_valid(), "no lease, no leadership");
     }
+
+    /// A Kubernetes API holding one Lease whose first update is refused with a 500.
+    fn api_refusing_one_renewal() -> kube::Client {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let updates = Arc::new(AtomicUsize::new(0));
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let updates = updates.clone();
+            async move {
+                let lease = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "l", "namespace": "n", "resourceVersion": "1"},
+                    "spec": {"holderIdentity": "a", "leaseDurationSeconds": 3,
+                             "renewTime": Timestamp::now().to_string()}});
+                let refused =
+                    req.method() == http::Method::PUT && updates.fetch_add(1, Ordering::SeqCst) == 0;
+                let (status, body) = if refused {
+                    (
+                        500,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500}),
+                    )
+                } else {
+                    (200, lease)
+                };
+                let mut resp =
+                    http::Response::new(kube::client::Body::from(serde_json::to_vec(&body).unwrap()));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        kube::Client::new(service, "n")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_refused_renewal_does_not_cost_the_lease_when_the_next_try_succeeds() {
+        let le = LeaderElection::new(
+            api_refusing_one_renewal(),
+            LeaseSettings {
+                name: "l".into(),
+                namespace: "n".into(),
+                identity: "a".into(),
+                duration: Duration::from_secs(3),
+            },
+        );
+        let (shutdown, stopped) = watch::channel(false);
+        let renewing = tokio::time::timeout(Duration::from_secs(20), le.keep_renewing(shutdown)).await;
+        assert!(renewing.is_err(), "the leader gave the lease up after one refused renewal");
+        assert!(!*stopped.borrow(), "the controllers were told to stop");
+    }
+
 }

@@ -1,7 +1,8 @@
 //! `kubectl carerix` against a real API server: connections made ready, progressing and stalled
 //! by writing their status subresource as the operator would, the plugin's plain and JSON output
 //! for each, `status -w` in a pseudo-terminal whose screen shows the bar advance while the status
-//! changes, and `reconcile` waiting for the operator's echo.
+//! changes, and `reconcile` waiting for the operator's echo. One test drives `status -w` through a
+//! real initial sync: the operator (run in this process), the emulator and PostgreSQL, as the demo.
 //!
 //! The control plane is the one `hack/test.sh` started (`CARERIX_TEST_KUBECONFIG`), else this
 //! binary starts its own with `hack/control-plane.sh`, as the operator's tests do.
@@ -439,6 +440,182 @@ async fn reconcile_sets_the_annotation_and_returns_once_the_operator_echoes_it()
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the operator did not handle the reconcile request within 2s"), "{err}");
+}
+
+/// The operator's command line, to run it in this process as the binary would.
+#[derive(clap::Parser)]
+struct OperatorCli {
+    #[command(flatten)]
+    run: carerix_operator::run::RunArgs,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// PostgreSQL: `CARERIX_TEST_POSTGRES_URL` (set by `hack/test.sh`), else one started here.
+fn postgres_url() -> String {
+    if let Ok(url) = std::env::var("CARERIX_TEST_POSTGRES_URL") {
+        return url;
+    }
+    let dir = std::env::temp_dir().join(format!("kubectl-carerix-pg-{}", std::process::id()));
+    let out = Command::new(repo_root().join("hack/postgres.sh"))
+        .arg("start")
+        .arg(&dir)
+        .arg("--watch-pid")
+        .arg(std::process::id().to_string())
+        .output()
+        .expect("hack/postgres.sh runs (needs Debian's postgresql package)");
+    assert!(out.status.success(), "PostgreSQL did not start: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("export CARERIX_TEST_POSTGRES_URL="))
+        .expect("hack/postgres.sh prints the URL")
+        .trim()
+        .to_string()
+}
+
+async fn put_secret(client: &Client, ns: &str, name: &str, data: Value) {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                        "stringData": data});
+    api.patch(name, &PatchParams::apply("plugin-tests").force(), &Patch::Apply(&secret))
+        .await
+        .expect("secret");
+}
+
+/// The line of `entity` in the sync part of the screen (a webhook may have the same name).
+fn sync_line<'a>(screen: &'a str, entity: &str) -> Option<&'a str> {
+    screen
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("Sync:"))
+        .find(|l| l.trim_start().starts_with(&format!("{entity} ")))
+}
+
+/// What the terminal shows for one entity: the done count while the bar runs, or `None` once
+/// the entity is incremental.
+fn entity_state(screen: &str, entity: &str) -> Option<Option<u64>> {
+    let line = sync_line(screen, entity)?;
+    if line.contains("records, incremental") {
+        return Some(None);
+    }
+    let (done, _) = line.split_once('/')?;
+    done.rsplit(' ').next()?.parse().ok().map(Some)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane and PostgreSQL: hack/test.sh"]
+async fn status_watch_follows_a_real_initial_sync_with_a_moving_bar_until_it_is_done() {
+    use clap::Parser;
+    let cp = control_plane();
+    let client = cp.client().await;
+    let ns = cp.namespace("plugin-live");
+    // 4200 records at 3 requests per second: an initial sync of some twenty seconds.
+    let mut config = carerix_sim::Config::for_tests();
+    config.records_per_entity = 600;
+    config.tenants.push(carerix_sim::TenantConfig { name: "acme".into(), webhooks_activated: true });
+    config.clients.push(carerix_sim::ClientConfig {
+        tenant: "acme".into(),
+        client_id: "demo-client".into(),
+        secret: "demo-secret".into(),
+    });
+    let sim = carerix_sim::spawn(config).await.expect("the emulator starts");
+    let sim_url = sim.base_url().as_str().trim_end_matches('/').to_string();
+    put_secret(
+        &client,
+        &ns,
+        "acme-carerix",
+        json!({"clientId": "demo-client", "clientSecret": "demo-secret"}),
+    )
+    .await;
+    put_secret(&client, &ns, "carerix-db", json!({"url": postgres_url()})).await;
+
+    let (port, probe_port) = (free_port(), free_port());
+    let kubeconfig = cp.kubeconfig.to_string_lossy().into_owned();
+    let cli = OperatorCli::parse_from([
+        "carerix-operator",
+        "--kubeconfig",
+        &kubeconfig,
+        "--namespaces",
+        &ns,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--probe-listen",
+        &format!("127.0.0.1:{probe_port}"),
+        "--receiver-base-url",
+        &format!("http://127.0.0.1:{port}"),
+        "--carerix-rate-limit",
+        "3",
+        "--allowed-carerix-hosts",
+        "http://127.0.0.1:*",
+    ]);
+    // `run` is not `Send`: it gets a thread and a runtime of its own, until the test binary exits.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime for the operator");
+        if let Err(e) = runtime.block_on(carerix_operator::run::run(cli.run)) {
+            eprintln!("the operator stopped: {e}");
+        }
+    });
+    let api: Api<CarerixConnection> = Api::namespaced(client.clone(), &ns);
+    let schema = format!("live_{}", &ns[ns.len() - 8..]);
+    let obj = json!({
+        "apiVersion": "hiredata.io/v1alpha1", "kind": "CarerixConnection",
+        "metadata": {"name": "acme", "namespace": ns},
+        "spec": {
+            "tenant": "acme",
+            "credentialsSecretRef": {"name": "acme-carerix"},
+            "identityUrl": sim_url, "apiUrl": sim_url,
+            "interval": "3s",
+            "webhooks": [{"name": "candidates", "events": ["cremployee:created", "cremployee:updated"]}],
+            "sync": {"interval": "30s",
+                     "sink": {"postgres": {"connectionSecretRef": {"name": "carerix-db", "key": "url"}, "schema": schema}}},
+        },
+    });
+    api.patch("acme", &PatchParams::apply("plugin-tests").force(), &Patch::Apply(&obj))
+        .await
+        .expect("created");
+
+    let term = Terminal::run(cp, &["status", "acme", "-n", &ns, "-w"]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen: Vec<u64> = Vec::new();
+    let mut coloured_bar = false;
+    let finished = loop {
+        let screen = term.contents();
+        match entity_state(&screen, "candidates") {
+            Some(Some(done)) => {
+                if seen.last() != Some(&done) {
+                    seen.push(done);
+                }
+                coloured_bar |= term.has_colour() && screen.contains('█');
+            }
+            Some(None) if !seen.is_empty() && screen.contains(&format!("{ns}/acme  tenant acme  Ready")) => {
+                break screen;
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the initial sync did not finish on screen within 180 s; progress seen {seen:?}; screen:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(seen.len() >= 2, "the bar never moved: done counts seen {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "the bar went backwards: {seen:?}");
+    assert!(coloured_bar, "the terminal showed no coloured bar");
+    // The live records (Carerix also lists the soft-deleted ones).
+    let expected = sim
+        .sim()
+        .list_records("acme", carerix_sim::Entity::parse("candidates").expect("entity"))
+        .expect("records")
+        .iter()
+        .filter(|r| r.get("deleted").and_then(Value::as_i64).unwrap_or(0) == 0)
+        .count();
+    let line = sync_line(&finished, "candidates").unwrap_or_default();
+    assert!(line.contains(&format!(" {expected} records, incremental")), "{finished}");
+    assert!(!finished.contains('░'), "no bar is left once the sync is done:\n{finished}");
 }
 
 /// A copy of the plugin alone in a temp dir, so what is beside it is up to the test.

@@ -142,6 +142,8 @@ pub struct Context {
     pub leadership: crate::leader::Validity,
     /// This replica's share of the connections (sharded mode); all of them otherwise.
     pub shards: crate::shard::Shards,
+    /// Rate-limiter reservations of passes waiting for their tenant's budget.
+    pub admissions: super::throttle::Admissions,
     connector: Box<dyn Connector>,
     clients: Mutex<HashMap<String, (ClientKey, Connected)>>,
 }
@@ -195,6 +197,7 @@ impl Context {
             sync,
             leadership: crate::leader::Validity::default(),
             shards: crate::shard::Shards::unsharded(),
+            admissions: super::throttle::Admissions::default(),
             connector,
             clients: Mutex::new(HashMap::new()),
         }
@@ -265,6 +268,7 @@ impl Context {
     pub async fn forget(&self, obj: &CarerixConnection) {
         let key = key_of(obj);
         self.forget_client(&key).await;
+        self.admissions.forget(&key);
         self.backoffs.succeeded(&key);
         self.metrics.forget_connection(&obj.namespace().unwrap_or_default(), &obj.name_any());
     }

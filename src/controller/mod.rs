@@ -22,6 +22,7 @@ mod error;
 pub mod failure;
 pub mod plan;
 pub mod status;
+pub mod throttle;
 pub mod webhooks;
 
 #[cfg(test)]
@@ -41,7 +42,7 @@ use kube::{
         finalizer::{Event as Finalizer, finalizer},
     },
 };
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use self::{
     backoff::jitter,
@@ -86,19 +87,28 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
         // The lease lapsed (paused, or cut off from the API): a standby may lead by now.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
+    // The tenant's rate limiter is paid before the pass, so a busy tenant does not keep this
+    // worker waiting (see `throttle`).
+    let limiter = ctx.rate_limiters.for_tenant(&obj.spec.tenant);
+    let paid = match ctx.admissions.admit(&key, &limiter) {
+        throttle::Admission::Go(paid) => paid,
+        throttle::Admission::Wait(wait) => {
+            debug!(retry_in = ?wait, "the tenant's rate limit is used up, requeued instead of waiting");
+            return Ok(Action::requeue(wait));
+        }
+    };
     let _timer = ctx.metrics.reconcile_timer();
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<CarerixConnection> = Api::namespaced(ctx.client.clone(), &ns);
     let ctx2 = ctx.clone();
     let (name, deleting) = (obj.name_any(), obj.metadata.deletion_timestamp.is_some());
-    let result = finalizer(&api, FINALIZER, obj, |event| async move {
+    let pass = finalizer(&api, FINALIZER, obj, |event| async move {
         match event {
             Finalizer::Apply(obj) => apply(obj, ctx2).await,
             Finalizer::Cleanup(obj) => cleanup::cleanup(obj, ctx2).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    });
+    let result = limiter.with_prepaid(paid, pass).await.map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(err) = &result {
         ctx.metrics.reconcile_failed(err.metric_label());
     } else if !deleting {

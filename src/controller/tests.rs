@@ -406,6 +406,91 @@ impl Connector for FakeConnector {
     }
 }
 
+/// The fake Carerix behind the tenant's rate limiter, like the real client.
+struct MeteredConnector(Arc<FakeCarerix>);
+
+impl Connector for MeteredConnector {
+    fn connect(
+        &self,
+        spec: &crate::api::CarerixConnectionSpec,
+        creds: &SecretCredentials,
+        settings: &Settings,
+        rate_limiters: &RateLimiters,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Connected, CxError> {
+        let connected =
+            FakeConnector(self.0.clone()).connect(spec, creds, settings, rate_limiters, metrics)?;
+        let api = Arc::new(Metered { limiter: rate_limiters.for_tenant(&spec.tenant), cx: self.0.clone() });
+        Ok(Connected { api, ..connected })
+    }
+}
+
+struct Metered {
+    limiter: crate::carerix::RateLimiter,
+    cx: Arc<FakeCarerix>,
+}
+
+#[async_trait::async_trait]
+impl CarerixApi for Metered {
+    fn client_id(&self) -> &str {
+        self.cx.client_id()
+    }
+    async fn scopes(&self) -> Result<Vec<String>, CxError> {
+        // token requests are not rate limited
+        self.cx.scopes().await
+    }
+    async fn list_applications(&self) -> Result<Vec<crate::carerix::Application>, CxError> {
+        self.limiter.until_ready().await;
+        self.cx.list_applications().await
+    }
+    async fn get_application(
+        &self,
+        id: &crate::carerix::ApplicationId,
+    ) -> Result<Option<crate::carerix::Application>, CxError> {
+        self.limiter.until_ready().await;
+        self.cx.get_application(id).await
+    }
+    async fn create_application(&self, name: &str) -> Result<crate::carerix::Application, CxError> {
+        self.limiter.until_ready().await;
+        self.cx.create_application(name).await
+    }
+    async fn delete_application(&self, id: &crate::carerix::ApplicationId) -> Result<(), CxError> {
+        self.limiter.until_ready().await;
+        self.cx.delete_application(id).await
+    }
+    async fn list_webhooks(
+        &self,
+        application: &crate::carerix::ApplicationId,
+    ) -> Result<Vec<crate::carerix::Webhook>, CxError> {
+        self.limiter.until_ready().await;
+        self.cx.list_webhooks(application).await
+    }
+    async fn create_webhook(
+        &self,
+        application: &crate::carerix::ApplicationId,
+        webhook: &crate::carerix::NewWebhook,
+    ) -> Result<crate::carerix::Webhook, CxError> {
+        self.limiter.until_ready().await;
+        self.cx.create_webhook(application, webhook).await
+    }
+    async fn delete_webhook(
+        &self,
+        application: &crate::carerix::ApplicationId,
+        id: &crate::carerix::WebhookId,
+    ) -> Result<(), CxError> {
+        self.limiter.until_ready().await;
+        self.cx.delete_webhook(application, id).await
+    }
+    async fn enable_webhook(
+        &self,
+        application: &crate::carerix::ApplicationId,
+        id: &crate::carerix::WebhookId,
+    ) -> Result<crate::carerix::Webhook, CxError> {
+        self.limiter.until_ready().await;
+        self.cx.enable_webhook(application, id).await
+    }
+}
+
 struct World {
     kube: FakeKube,
     cx: Arc<FakeCarerix>,
@@ -414,6 +499,12 @@ struct World {
 }
 
 fn world_with(cx: FakeCarerix, obj: &CarerixConnection, secret: bool) -> World {
+    world_of(cx, obj, secret, false)
+}
+
+/// Like [`world_with`]; with `metered`, every Carerix call first waits for the tenant's rate
+/// limiter, as the real client's requests do.
+fn world_of(cx: FakeCarerix, obj: &CarerixConnection, secret: bool, metered: bool) -> World {
     let kube = FakeKube::default();
     kube.put(CONN, obj);
     if secret {
@@ -437,7 +528,7 @@ fn world_with(cx: FakeCarerix, obj: &CarerixConnection, secret: bool) -> World {
         recorder,
         Arc::new(Metrics::new()),
         sync.clone(),
-        Box::new(FakeConnector(cx.clone())),
+        if metered { Box::new(MeteredConnector(cx.clone())) } else { Box::new(FakeConnector(cx.clone())) },
     ));
     World { kube, cx, sync, ctx }
 }
@@ -644,4 +735,73 @@ async fn a_throttled_tenant_is_requeued_after_retry_after_instead_of_waiting_in_
     let action = super::apply(Arc::new(obj), w.ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(120)));
     assert_eq!(w.condition("Ready").1, "RateLimited");
+}
+
+/// `obj` under another name and tenant, with the finalizer already in place (so a pass goes
+/// straight to work), stored in the fake Kubernetes.
+fn another_connection(w: &World, name: &str, tenant: &str) -> CarerixConnection {
+    let mut obj = connection(json!({ "tenant": tenant }));
+    obj.metadata.name = Some(name.into());
+    obj.metadata.finalizers = Some(vec![crate::api::FINALIZER.into()]);
+    w.kube.put(&CONN.replace("/acme", &format!("/{name}")), &obj);
+    obj
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_out_of_rate_limit_does_not_keep_another_tenants_pass_waiting_for_a_worker() {
+    let seed = connection(json!({}));
+    let w = world_of(FakeCarerix::new(), &seed, true, true);
+    let busy = Arc::new(another_connection(&w, "busy", "busy"));
+    let calm = Arc::new(another_connection(&w, "calm", "calm"));
+    // The busy tenant's sync has taken its budget for the next ten seconds.
+    let busy_limiter = w.ctx.rate_limiters.for_tenant("busy");
+    let _ = busy_limiter.reserve(100);
+
+    // One worker, as if the controller's concurrency were 1: busy's pass gets it first.
+    let worker = Arc::new(tokio::sync::Semaphore::new(1));
+    let start = tokio::time::Instant::now();
+    let run = |obj: Arc<CarerixConnection>| {
+        let (worker, ctx, cx) = (worker.clone(), w.ctx.clone(), w.cx.clone());
+        async move {
+            let _slot = worker.acquire().await.expect("open");
+            let action = super::reconcile(obj, ctx).await.expect("a pass");
+            (action, start.elapsed(), cx.calls().len())
+        }
+    };
+    let busy_pass = tokio::spawn(run(busy.clone()));
+    tokio::task::yield_now().await;
+    let calm_pass = tokio::spawn(run(calm.clone()));
+    let (busy_action, busy_done, busy_calls) = busy_pass.await.expect("joined");
+    let (_, calm_done, calm_calls) = calm_pass.await.expect("joined");
+
+    assert_eq!(busy_calls, 0, "the busy tenant's pass waited for Carerix instead of stepping aside");
+    assert!(busy_done < Duration::from_secs(1), "busy's pass held the worker for {busy_done:?}");
+    assert!(calm_done < Duration::from_secs(1), "calm's pass waited {calm_done:?} for the worker");
+    assert!(calm_calls > 0);
+    let calm_status = w.kube.get(&CONN.replace("/acme", "/calm")).expect("stored")["status"].clone();
+    assert_eq!(calm_status["conditions"][0]["status"], "True", "{calm_status}");
+    let wait = requeue_of(&busy_action);
+    assert!(wait >= Duration::from_secs(9) && wait <= Duration::from_secs(11), "{wait:?}");
+
+    // When its budget comes, busy's pass runs with the requests it reserved, and goes through.
+    tokio::time::sleep(wait).await;
+    let action = super::reconcile(busy, w.ctx.clone()).await.expect("a pass");
+    assert!(requeue_of(&action) > Duration::from_secs(60), "a healthy pass waits for its interval");
+    let busy_status = w.kube.get(&CONN.replace("/acme", "/busy")).expect("stored")["status"].clone();
+    assert_eq!(busy_status["conditions"][0]["status"], "True", "{busy_status}");
+}
+
+fn requeue_of(action: &Action) -> Duration {
+    // `Action` keeps its delay private: read it from its Debug form (`Some(9.7s)`, `Some(300ms)`).
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1).and_then(|r| r.split(')').next()).unwrap_or_default();
+    let (number, unit) = inner.split_at(inner.find(|c: char| c.is_alphabetic() || c == 'µ').unwrap_or(0));
+    let n: f64 = number.parse().unwrap_or_default();
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "µs" => n / 1e6,
+        _ => n / 1e9,
+    };
+    Duration::from_secs_f64(secs)
 }

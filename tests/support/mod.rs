@@ -78,7 +78,8 @@ fn find_or_start() -> ControlPlane {
     }
 }
 
-fn install_crd(cp: &ControlPlane) {
+/// Installs the CRD on `cp` and waits until it is served.
+pub fn install_crd(cp: &ControlPlane) {
     let crd = repo_root().join("crds");
     let out =
         cp.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap_or("crds")]);
