@@ -323,5 +323,4 @@ mod tests {
         assert!(renewing.is_err(), "the leader gave the lease up after one refused renewal");
         assert!(!*stopped.borrow(), "the controllers were told to stop");
     }
-
 }

@@ -43,25 +43,9 @@ const RECORDS: usize = 600;
 
 /// A control plane of this test alone, so that it may restart kube-apiserver.
 fn own_control_plane() -> ControlPlane {
-    let dir = std::env::temp_dir().join(format!("carerix-chaos-cp-{}", std::process::id()));
-    let out = Command::new(repo_root().join("hack/control-plane.sh"))
-        .arg("start")
-        .arg(&dir)
-        .arg("--watch-pid")
-        .arg(std::process::id().to_string())
-        .output()
-        .expect("hack/control-plane.sh runs");
-    assert!(
-        out.status.success(),
-        "the control plane did not start: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let cp = support::start_control_plane(
+        std::env::temp_dir().join(format!("carerix-chaos-cp-{}", std::process::id())),
     );
-    let bin = std::fs::read_to_string(dir.join("bin")).expect("control plane wrote its bin dir");
-    let cp = ControlPlane {
-        kubeconfig: dir.join("kubeconfig"),
-        kubectl: PathBuf::from(bin.trim()).join("kubectl"),
-        dir: Some(dir),
-    };
     support::install_crd(&cp);
     cp
 }

@@ -56,7 +56,12 @@ fn find_or_start() -> ControlPlane {
             .expect("USE_EXISTING_CLUSTER=true needs KUBECONFIG pointing at the cluster to test against");
         return ControlPlane { kubeconfig: PathBuf::from(path), kubectl: kubectl_default, dir: None };
     }
-    let dir = std::env::temp_dir().join(format!("carerix-operator-cp-{}", std::process::id()));
+    start_control_plane(std::env::temp_dir().join(format!("carerix-operator-cp-{}", std::process::id())))
+}
+
+/// Starts kube-apiserver and etcd of this test binary alone in `dir` (`hack/control-plane.sh`);
+/// they stop when the binary ends.
+pub fn start_control_plane(dir: PathBuf) -> ControlPlane {
     let out = Command::new(repo_root().join("hack/control-plane.sh"))
         .arg("start")
         .arg(&dir)
