@@ -22,6 +22,7 @@ mod error;
 pub mod failure;
 pub mod plan;
 pub mod status;
+pub mod watch;
 pub mod webhooks;
 
 #[cfg(test)]
@@ -172,7 +173,7 @@ fn finish(
         ctx.backoffs.succeeded(&key);
         let interval: Duration = obj.spec.interval.into();
         if ctx.sync.in_progress(obj) {
-            Action::requeue(interval.min(Duration::from_secs(10)))
+            Action::requeue(interval.min(status::PROGRESS_INTERVAL))
         } else {
             Action::requeue(jitter(interval, 0.1))
         }
