@@ -312,9 +312,12 @@ impl Engine {
             .await?;
             let Some((last, _)) = chunk.last() else { break };
             after = Some(last.clone());
-            let still_there = self.refetch(client, entity, &chunk).await?;
-            let gone: Vec<String> =
-                chunk.into_iter().map(|(id, _)| id).filter(|id| !still_there.contains(id)).collect();
+            let gone: Vec<String> = if entity.has_deleted_field() {
+                let still_there = self.refetch(client, entity, &chunk).await?;
+                chunk.into_iter().map(|(id, _)| id).filter(|id| !still_there.contains(id)).collect()
+            } else {
+                self.restricted_away(client, entity, chunk).await?
+            };
             marked += store::mark_deleted(&t.pool, &t.schema, &t.connection, entity, &gone, started).await?;
         }
         // records when this comparison ran (also when nothing was marked)
@@ -323,6 +326,69 @@ impl Engine {
             info!(marked, "marked records deleted that Carerix no longer has");
         }
         Ok(marked)
+    }
+
+    /// Of the candidates of an entity without a `deleted` field (`CRMatch`), those Carerix no
+    /// longer has in restricted queries: soft-deleted (a `norestrict` query still lists them)
+    /// or gone. Asked by `_id` in both forms; the single-record query is not restricted, so it
+    /// cannot tell a soft-deleted record from a live one, and when Carerix refuses `_id` in
+    /// qualifiers the complete restricted listing that did not have them is the verdict.
+    async fn restricted_away(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        chunk: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<String>, Error> {
+        let ids: Vec<String> = chunk.into_iter().map(|(id, _)| id).collect();
+        if self.ids_refused.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(ids);
+        }
+        let Some(live) = self.ids_where(client, entity, &ids, false).await? else {
+            self.ids_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(ids);
+        };
+        let gone: Vec<String> = ids.into_iter().filter(|id| !live.contains(id)).collect();
+        if !gone.is_empty()
+            && let Some(listed) = self.ids_where(client, entity, &gone, true).await?
+        {
+            let soft = gone.iter().filter(|id| listed.contains(*id)).count();
+            info!(soft_deleted = soft, gone = gone.len() - soft, "records no longer in restricted queries");
+        }
+        Ok(gone)
+    }
+
+    /// The ids among `ids` that a page query by `_id` returns, restricted or with `norestrict`;
+    /// `None` when Carerix refuses `_id` in qualifiers.
+    async fn ids_where(
+        &self,
+        client: &CarerixClient,
+        entity: Entity,
+        ids: &[String],
+        norestrict: bool,
+    ) -> Result<Option<std::collections::HashSet<String>>, Error> {
+        let mut found = std::collections::HashSet::new();
+        let qualifier = keyset::ids_qualifier(ids.iter().map(String::as_str));
+        for page_no in 0..MAX_OFFSET_PAGES {
+            let req = PageRequest {
+                qualifier: Some(qualifier.clone()),
+                page: page_no,
+                size: PAGE_SIZE,
+                sort: vec![("creationDate".to_string(), Direction::Asc)],
+                norestrict,
+            };
+            let page = match client.graphql().page_select(entity, &req, "_id").await {
+                Ok(page) => page,
+                Err(e) if is_refusal(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            found.extend(
+                page.items.iter().filter_map(|i| i.get("_id").and_then(Value::as_str)).map(str::to_string),
+            );
+            if ends(&page) {
+                return Ok(Some(found));
+            }
+        }
+        Err(Error::NoProgress(entity.name()))
     }
 
     /// Runs a full comparison of every entity while incremental passes go on every `interval`
