@@ -419,12 +419,20 @@ impl Engine {
         let selection = t.selection(entity);
         loop {
             let tie = self.tie(entity);
+            // An incremental pass over an entity without a `deleted` field (CRMatch) reads with
+            // `norestrict` and asks which of the page's records restricted queries no longer
+            // return: those are soft-deleted (a soft delete moves the modificationDate, so the
+            // pass after it sees the record).
+            let restriction_check = state.initial_done
+                && !entity.has_deleted_field()
+                && tie != Tie::Offset
+                && !self.ids_refused.load(std::sync::atomic::Ordering::Relaxed);
             let req = PageRequest {
                 qualifier: Some(keyset::modified_after(&cursor, tie)),
                 page: 0,
                 size: PAGE_SIZE,
                 sort: sort_for(tie),
-                norestrict: entity.has_deleted_field(),
+                norestrict: entity.has_deleted_field() || restriction_check,
             };
             let page = match client.graphql().page_select(entity, &req, &selection).await {
                 Ok(p) => p,
@@ -469,6 +477,24 @@ impl Engine {
                 cursor.after = After::Inclusive;
                 continue;
             }
+            let hidden: Vec<String> = if restriction_check && !page.items.is_empty() {
+                let ids: Vec<String> = page
+                    .items
+                    .iter()
+                    .filter_map(|i| i.get("_id").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect();
+                match self.ids_where(&client, entity, &ids, false).await? {
+                    Some(live) => ids.into_iter().filter(|id| !live.contains(id)).collect(),
+                    None => {
+                        // `_id` refused in qualifiers: read this page again restricted
+                        self.ids_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             if !state.initial_done {
                 records += n as i64;
             }
@@ -501,6 +527,7 @@ impl Engine {
                 &t.connection,
                 entity,
                 page_items,
+                &hidden,
                 &stored,
                 &watermark_date,
                 records,
@@ -611,6 +638,7 @@ impl Engine {
             &t.schema,
             &t.connection,
             entity,
+            &[],
             &[],
             &Cursor::from(pass_started),
             "",

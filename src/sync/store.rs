@@ -272,6 +272,7 @@ async fn upsert(
     connection: &str,
     entity: Entity,
     items: &[Versioned],
+    hidden: &[String],
 ) -> Result<u64, Error> {
     if items.is_empty() {
         return Ok(0);
@@ -279,8 +280,9 @@ async fn upsert(
     let sql = format!(
         "INSERT INTO {t} AS t (connection, id, modification_date, modified_at, deleted, deleted_at, record, synced_at) \
          SELECT $1, x->'r'->>'_id', x->'r'->>'modificationDate', (x->>'at')::timestamptz, \
-                COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false'), \
-                CASE WHEN COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') THEN now() END, jsonb_strip_nulls(x->'r'), now() \
+                (COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') OR x->'r'->>'_id' = ANY($3)), \
+                CASE WHEN COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') OR x->'r'->>'_id' = ANY($3) \
+                     THEN now() END, jsonb_strip_nulls(x->'r'), now() \
          FROM jsonb_array_elements($2::jsonb) AS x WHERE x->'r'->>'_id' IS NOT NULL \
          ON CONFLICT (connection, id) DO UPDATE SET modification_date = excluded.modification_date, \
              modified_at = excluded.modified_at, deleted = excluded.deleted, \
@@ -295,7 +297,7 @@ async fn upsert(
             .map(|v| serde_json::json!({ "r": v.record, "at": v.at.map(|t| t.to_rfc3339()) }))
             .collect(),
     );
-    Ok(tx.execute(&sql, &[&connection, &array]).await?)
+    Ok(tx.execute(&sql, &[&connection, &array, &hidden]).await?)
 }
 
 /// Upserts records outside a pass (the null sweep, the repair of the comparison).
@@ -311,12 +313,14 @@ pub async fn upsert_records(
 ) -> Result<u64, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let n = upsert(&tx, schema, connection, entity, items).await?;
+    let n = upsert(&tx, schema, connection, entity, items, &[]).await?;
     tx.commit().await?;
     Ok(n)
 }
 
-/// Stores one page of a pass and the new watermark in one transaction.
+/// Stores one page of a pass and the new watermark in one transaction. `hidden`: ids of the
+/// page that restricted queries no longer return (soft-deleted records of an entity without a
+/// `deleted` field), stored as deleted.
 ///
 /// # Errors
 /// [`Error::Sink`].
@@ -327,13 +331,14 @@ pub async fn store_page(
     connection: &str,
     entity: Entity,
     items: &[Versioned],
+    hidden: &[String],
     cursor: &Cursor,
     watermark_date: &str,
     records: i64,
 ) -> Result<(), Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    upsert(&tx, schema, connection, entity, items).await?;
+    upsert(&tx, schema, connection, entity, items, hidden).await?;
     tx.execute(
         &format!(
             "INSERT INTO {} AS s (connection, entity, watermark_date, watermark_at, watermark_id, records) \
@@ -447,7 +452,7 @@ pub async fn apply_event(
     if fresh {
         match change {
             Change::Upsert(entity, record) => {
-                upsert(&tx, schema, connection, *entity, &[Versioned::earliest(record.clone())]).await?;
+                upsert(&tx, schema, connection, *entity, &[Versioned::earliest(record.clone())], &[]).await?;
             }
             Change::Gone(entity, id) => {
                 tx.execute(

@@ -359,7 +359,7 @@ impl Engine {
 
     /// The ids among `ids` that a page query by `_id` returns, restricted or with `norestrict`;
     /// `None` when Carerix refuses `_id` in qualifiers.
-    async fn ids_where(
+    pub(super) async fn ids_where(
         &self,
         client: &CarerixClient,
         entity: Entity,
