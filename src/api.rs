@@ -252,7 +252,7 @@ pub struct SyncSpec {
 
     /// The fields to copy, per entity (`candidates: [firstName, lastName, toStatusNode]`): scalar
     /// fields of the Carerix type, and to-one relations (stored as `{"_id": ...}`). `_id`,
-    /// `_kind`, `modificationDate`, `deleted` and the entity's own id field are always copied.
+    /// `_kind`, `modificationDate`, `creationDate`, `deleted` and the entity's own id field are always copied.
     /// An entity not listed here copies every scalar field and the `_id` of every to-one relation.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[x_kube(validation = Rule::new("self.all(k, k in ['candidates', 'vacancies', 'companies', 'contacts', 'placements', 'matches', 'publications'])").message("sync.fields keys must be entity names: candidates, vacancies, companies, contacts, placements, matches, publications"))]

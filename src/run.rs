@@ -24,7 +24,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -555,9 +555,11 @@ async fn run_controllers(
             Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        let controller = Controller::new(connections, watcher::Config::default().any_semantic())
+        // Only changes a person made start a pass, never our own status writes (controller::watch).
+        let (store, changes) =
+            controller::watch::connection_changes(connections, watcher::Config::default().any_semantic());
+        let controller = Controller::for_stream(changes, store.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
-        let store: Store<CarerixConnection> = controller.store();
         stores.push(store.clone());
         let secret_events = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
         let mapper_store = store.clone();

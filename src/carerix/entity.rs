@@ -132,14 +132,15 @@ impl Entity {
     }
 
     /// The selection of the named fields (scalars as they are, relations as `{ _id }`), plus what
-    /// the sync needs whatever is asked: `_id`, `_kind`, `modificationDate`, `deleted` (where the
-    /// type has it) and the own numeric id field.
+    /// the sync needs whatever is asked: `_id`, `_kind`, `modificationDate`, `creationDate` (the
+    /// comparison's order when no id sorts), `deleted` (where the type has it) and the own numeric
+    /// id field.
     ///
     /// # Errors
     /// [`UnknownField`] for a name the type has neither as a scalar nor as a to-one relation.
     pub fn selection(self, names: &[String]) -> Result<String, UnknownField> {
         let t = super::fields::table(self);
-        let mut wanted: Vec<&str> = vec!["_id", "_kind", "modificationDate"];
+        let mut wanted: Vec<&str> = vec!["_id", "_kind", "modificationDate", "creationDate"];
         if self.has_deleted_field() {
             wanted.push("deleted");
         }
@@ -267,8 +268,11 @@ mod tests {
     #[test]
     fn a_named_selection_keeps_what_the_sync_needs_and_refuses_unknown_fields() {
         let sel = Entity::Candidates.selection(&["firstName".into(), "toStatusNode".into()]).expect("known");
-        assert_eq!(sel, "_id _kind modificationDate deleted employeeID firstName toStatusNode { _id }");
-        assert_eq!(Entity::Matches.selection(&[]).expect("empty"), "_id _kind modificationDate");
+        assert_eq!(
+            sel,
+            "_id _kind modificationDate creationDate deleted employeeID firstName toStatusNode { _id }"
+        );
+        assert_eq!(Entity::Matches.selection(&[]).expect("empty"), "_id _kind modificationDate creationDate");
         let err = Entity::Vacancies.selection(&["nope".into()]).expect_err("unknown");
         assert!(err.to_string().contains("CRVacancy") && err.to_string().contains("nope"), "{err}");
     }

@@ -23,6 +23,7 @@ pub mod failure;
 pub mod plan;
 pub mod status;
 pub mod throttle;
+pub mod watch;
 pub mod webhooks;
 
 #[cfg(test)]
@@ -194,7 +195,7 @@ fn finish(
         ctx.backoffs.succeeded(&key);
         let interval: Duration = obj.spec.interval.into();
         if ctx.sync.in_progress(obj) {
-            Action::requeue(interval.min(Duration::from_secs(10)))
+            Action::requeue(interval.min(status::PROGRESS_INTERVAL))
         } else {
             Action::requeue(jitter(interval, 0.1))
         }

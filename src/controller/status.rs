@@ -24,6 +24,13 @@ use crate::{
     connection::key_of,
 };
 
+/// How often the status shows the progress of an initial sync: while it runs, a pass that went
+/// through asks to run again after this long (or after `spec.interval` when shorter), and only
+/// such a pass writes `status.sync`. The controller does not react to its own status writes
+/// (`watch`), so this is the rate of status writes, reconciles and their Carerix calls (one
+/// listing of the webhooks) during an initial sync: at most one per connection per 10 s.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a pass writes.
 #[derive(Clone, Debug)]
 pub struct Report {

@@ -20,6 +20,8 @@ use deadpool_postgres::Pool;
 use serde_json::Value;
 use tracing::{debug, info, instrument, warn};
 
+mod compare;
+
 use super::{
     Error,
     keyset::{self, After, Cursor, PAGE_SIZE, Tie},
@@ -195,6 +197,8 @@ pub struct Engine {
     progress: Arc<Progress>,
     metrics: Option<Arc<Metrics>>,
     ties: Arc<Mutex<HashMap<Entity, Tie>>>,
+    /// The order the last full comparison of each entity found its listing in.
+    compare_orders: Arc<Mutex<HashMap<Entity, store::SortKey>>>,
     ids_refused: Arc<std::sync::atomic::AtomicBool>,
     overlap: Duration,
     split: u32,
@@ -262,6 +266,7 @@ impl Engine {
             progress,
             metrics: None,
             ties: Arc::new(Mutex::new(HashMap::new())),
+            compare_orders: Arc::new(Mutex::new(HashMap::new())),
             ids_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             overlap: DEFAULT_OVERLAP,
             split: DEFAULT_SPLIT,
@@ -429,12 +434,20 @@ impl Engine {
         let selection = t.selection(entity);
         loop {
             let tie = self.tie(entity);
+            // An incremental pass over an entity without a `deleted` field (CRMatch) reads with
+            // `norestrict` and asks which of the page's records restricted queries no longer
+            // return: those are soft-deleted (a soft delete moves the modificationDate, so the
+            // pass after it sees the record).
+            let restriction_check = state.initial_done
+                && !entity.has_deleted_field()
+                && tie != Tie::Offset
+                && !self.ids_refused.load(std::sync::atomic::Ordering::Relaxed);
             let req = PageRequest {
                 qualifier: Some(keyset::modified_after(&cursor, tie)),
                 page: 0,
                 size: PAGE_SIZE,
                 sort: sort_for(tie),
-                norestrict: entity.has_deleted_field(),
+                norestrict: entity.has_deleted_field() || restriction_check,
             };
             let page = match client.graphql().page_select(entity, &req, &selection).await {
                 Ok(p) => p,
@@ -479,6 +492,24 @@ impl Engine {
                 cursor.after = After::Inclusive;
                 continue;
             }
+            let hidden: Vec<String> = if restriction_check && !page.items.is_empty() {
+                let ids: Vec<String> = page
+                    .items
+                    .iter()
+                    .filter_map(|i| i.get("_id").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect();
+                match self.ids_where(&client, entity, &ids, false).await? {
+                    Some(live) => ids.into_iter().filter(|id| !live.contains(id)).collect(),
+                    None => {
+                        // `_id` refused in qualifiers: read this page again restricted
+                        self.ids_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             if !state.initial_done {
                 records += n as i64;
             }
@@ -511,6 +542,7 @@ impl Engine {
                 &t.connection,
                 entity,
                 page_items,
+                &hidden,
                 &stored,
                 &watermark_date,
                 records,
@@ -626,6 +658,7 @@ impl Engine {
             &t.schema,
             &t.connection,
             entity,
+            &[],
             &[],
             &Cursor::from(pass_started),
             "",
@@ -777,86 +810,6 @@ impl Engine {
         Err(Error::NoProgress(entity.name()))
     }
 
-    /// Lists every id Carerix has for `entity` (soft-deleted ones too where the type has a
-    /// `deleted` field; for `CRMatch` the restricted list, so a match that only `norestrict`
-    /// still lists counts as deleted). Returns id -> tie value, and whether the listing is
-    /// complete (no null items; for offset pages, the count matched `totalElements` throughout).
-    async fn list_ids(
-        &self,
-        client: &CarerixClient,
-        entity: Entity,
-    ) -> Result<(HashMap<String, Option<String>>, bool), Error> {
-        loop {
-            let tie = self.tie(entity);
-            match self.list_ids_with(client, entity, tie).await {
-                Err(Error::Carerix(e)) if tie != Tie::Offset && is_refusal(&e) => {
-                    self.demote(entity, tie, &e.to_string());
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn list_ids_with(
-        &self,
-        client: &CarerixClient,
-        entity: Entity,
-        tie: Tie,
-    ) -> Result<(HashMap<String, Option<String>>, bool), Error> {
-        let selection = match tie.property() {
-            Some(f) if f != "_id" => format!("_id {f}"),
-            _ => "_id".to_string(),
-        };
-        let mut ids: HashMap<String, Option<String>> = HashMap::new();
-        let mut complete = true;
-        let mut last: Option<String> = None;
-        let mut totals: Vec<u64> = Vec::new();
-        for page_no in 0..MAX_OFFSET_PAGES {
-            let req = match tie.property() {
-                Some(p) => PageRequest {
-                    qualifier: keyset::tie_after(tie, last.as_deref()),
-                    page: 0,
-                    size: PAGE_SIZE,
-                    sort: vec![(p.to_string(), Direction::Asc)],
-                    norestrict: entity.has_deleted_field(),
-                },
-                None => PageRequest {
-                    qualifier: None,
-                    page: page_no,
-                    size: PAGE_SIZE,
-                    sort: vec![("creationDate".to_string(), Direction::Asc)],
-                    norestrict: entity.has_deleted_field(),
-                },
-            };
-            let page = client.graphql().page_select(entity, &req, &selection).await?;
-            if page.null_items > 0 {
-                complete = false;
-            }
-            totals.push(page.total_elements);
-            let before = last.clone();
-            for item in &page.items {
-                if let Some(id) = item.get("_id").and_then(Value::as_str) {
-                    let v = tie.value_of(item);
-                    if v.is_some() {
-                        last = v.clone();
-                    }
-                    ids.insert(id.to_string(), v);
-                }
-            }
-            if ends(&page) {
-                if tie == Tie::Offset {
-                    let steady = totals.windows(2).all(|w| w[0] == w[1]);
-                    complete &= steady && totals.first().is_some_and(|t| *t == ids.len() as u64);
-                }
-                return Ok((ids, complete));
-            }
-            if tie != Tie::Offset && last == before {
-                return Err(Error::NoProgress(entity.name()));
-            }
-        }
-        Err(Error::NoProgress(entity.name()))
-    }
-
     /// Fetches records by id (one query per 100 by tie value or `_id`, or one by one when Carerix
     /// refuses both) and stores those found. Returns the ids found.
     async fn refetch(
@@ -929,60 +882,6 @@ impl Engine {
         Ok(found)
     }
 
-    /// Compares the ids Carerix lists for `entity` with the sink: stores records the sink lacks,
-    /// reads the records without a `modificationDate`, and marks deleted the rows Carerix no
-    /// longer has, among rows synced before the listing started, each confirmed by fetching it
-    /// again. A partial listing marks nothing; a drop of more than [`MAX_DELETE_SHARE`] of the
-    /// live rows at once stops with [`Error::DeletesHeld`]. Returns how many rows were marked.
-    ///
-    /// # Errors
-    /// [`Error::Carerix`], [`Error::Sink`], [`Error::DeletesHeld`], [`Error::NoProgress`].
-    #[instrument(skip_all, fields(connection = %self.target.connection, entity = entity.name()))]
-    pub async fn full_compare(&self, entity: Entity) -> Result<u64, Error> {
-        let t = &self.target;
-        let started = store::db_now(&t.pool).await?;
-        let client = t.client();
-        let (listed, complete) = self.list_ids(&client, entity).await?;
-        let in_sink = store::all_ids(&t.pool, &t.schema, &t.connection, entity).await?;
-        let missing: Vec<(String, Option<String>)> = listed
-            .iter()
-            .filter(|(id, _)| !in_sink.contains(*id))
-            .map(|(i, v)| (i.clone(), v.clone()))
-            .collect();
-        if !missing.is_empty() {
-            let found = self.refetch(&client, entity, &missing).await?;
-            info!(missing = missing.len(), stored = found.len(), "stored records the passes had not seen");
-        }
-        self.null_sweep(&client, entity).await?;
-        let tie_field = self.tie(entity).property();
-        let live = store::live_rows(&t.pool, &t.schema, &t.connection, entity, tie_field, started).await?;
-        let gone: Vec<(String, Option<String>)> =
-            live.iter().filter(|(id, _)| !listed.contains_key(id)).cloned().collect();
-        if !complete {
-            if !gone.is_empty() {
-                warn!(
-                    candidates = gone.len(),
-                    "the id listing was partial; no row is marked deleted this time"
-                );
-            }
-            return Ok(0);
-        }
-        if gone.len() >= MIN_HELD && gone.len() as f64 > MAX_DELETE_SHARE * live.len() as f64 {
-            warn!(count = gone.len(), live = live.len(), "held back a suspicious number of deletions");
-            return Err(Error::DeletesHeld { entity: entity.name(), count: gone.len(), live: live.len() });
-        }
-        let still_there =
-            if gone.is_empty() { HashSet::new() } else { self.refetch(&client, entity, &gone).await? };
-        let confirmed: Vec<String> =
-            gone.into_iter().map(|(id, _)| id).filter(|id| !still_there.contains(id)).collect();
-        let marked =
-            store::mark_deleted(&t.pool, &t.schema, &t.connection, entity, &confirmed, started).await?;
-        if marked > 0 {
-            info!(marked, "marked records deleted that Carerix no longer has");
-        }
-        Ok(marked)
-    }
-
     /// Full comparison of every entity, concurrently, then the pruning of old processed events.
     ///
     /// # Errors
@@ -1041,7 +940,7 @@ impl Engine {
                 }
                 self.pass().await?;
                 if self.compare_due(compare_interval).await? {
-                    self.compare_all().await?;
+                    self.compare_beside_passes(interval).await?;
                 }
                 Ok::<_, Error>(())
             }

@@ -16,7 +16,7 @@ use crate::carerix::Entity;
 /// The versioned migrations, applied in order. Never edit one that shipped: add a new one. Each
 /// runs with `search_path` set to the sink schema; `{entity_tables}` expands to one table per
 /// entity of [`Entity::ALL`] (a new entity arrives through a new migration that names it).
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_state (
@@ -46,6 +46,18 @@ const V2: &str = r#"
 {entity_tables}
 ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS owner text;
 CREATE INDEX IF NOT EXISTS processed_events_received ON processed_events (connection, received_at);
+"#;
+
+/// The rows a running full comparison found missing from Carerix, waiting to be confirmed one
+/// by one (kept in the sink so the comparison holds only a page in memory).
+const V3: &str = r#"
+CREATE TABLE IF NOT EXISTS compare_candidates (
+    connection text NOT NULL,
+    entity text NOT NULL,
+    id text NOT NULL,
+    tie text,
+    PRIMARY KEY (connection, entity, id)
+);
 "#;
 
 const ENTITY_TABLE: &str = r#"
@@ -262,6 +274,7 @@ async fn upsert(
     connection: &str,
     entity: Entity,
     items: &[Versioned],
+    hidden: &[String],
 ) -> Result<u64, Error> {
     if items.is_empty() {
         return Ok(0);
@@ -269,8 +282,9 @@ async fn upsert(
     let sql = format!(
         "INSERT INTO {t} AS t (connection, id, modification_date, modified_at, deleted, deleted_at, record, synced_at) \
          SELECT $1, x->'r'->>'_id', x->'r'->>'modificationDate', (x->>'at')::timestamptz, \
-                COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false'), \
-                CASE WHEN COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') THEN now() END, jsonb_strip_nulls(x->'r'), now() \
+                (COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') OR x->'r'->>'_id' = ANY($3)), \
+                CASE WHEN COALESCE(x->'r'->>'deleted', '0') NOT IN ('0', 'false') OR x->'r'->>'_id' = ANY($3) \
+                     THEN now() END, jsonb_strip_nulls(x->'r'), now() \
          FROM jsonb_array_elements($2::jsonb) AS x WHERE x->'r'->>'_id' IS NOT NULL \
          ON CONFLICT (connection, id) DO UPDATE SET modification_date = excluded.modification_date, \
              modified_at = excluded.modified_at, deleted = excluded.deleted, \
@@ -285,7 +299,7 @@ async fn upsert(
             .map(|v| serde_json::json!({ "r": v.record, "at": v.at.map(|t| t.to_rfc3339()) }))
             .collect(),
     );
-    Ok(tx.execute(&sql, &[&connection, &array]).await?)
+    Ok(tx.execute(&sql, &[&connection, &array, &hidden]).await?)
 }
 
 /// Upserts records outside a pass (the null sweep, the repair of the comparison).
@@ -301,12 +315,14 @@ pub async fn upsert_records(
 ) -> Result<u64, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let n = upsert(&tx, schema, connection, entity, items).await?;
+    let n = upsert(&tx, schema, connection, entity, items, &[]).await?;
     tx.commit().await?;
     Ok(n)
 }
 
-/// Stores one page of a pass and the new watermark in one transaction.
+/// Stores one page of a pass and the new watermark in one transaction. `hidden`: ids of the
+/// page that restricted queries no longer return (soft-deleted records of an entity without a
+/// `deleted` field), stored as deleted.
 ///
 /// # Errors
 /// [`Error::Sink`].
@@ -317,13 +333,14 @@ pub async fn store_page(
     connection: &str,
     entity: Entity,
     items: &[Versioned],
+    hidden: &[String],
     cursor: &Cursor,
     watermark_date: &str,
     records: i64,
 ) -> Result<(), Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    upsert(&tx, schema, connection, entity, items).await?;
+    upsert(&tx, schema, connection, entity, items, hidden).await?;
     tx.execute(
         &format!(
             "INSERT INTO {} AS s (connection, entity, watermark_date, watermark_at, watermark_id, records) \
@@ -437,7 +454,7 @@ pub async fn apply_event(
     if fresh {
         match change {
             Change::Upsert(entity, record) => {
-                upsert(&tx, schema, connection, *entity, &[Versioned::earliest(record.clone())]).await?;
+                upsert(&tx, schema, connection, *entity, &[Versioned::earliest(record.clone())], &[]).await?;
             }
             Change::Gone(entity, id) => {
                 tx.execute(
@@ -545,7 +562,7 @@ async fn drop_rows(tx: &Transaction<'_>, schema: &Schema, connection: &str) -> R
         tx.execute(&format!("DELETE FROM {} WHERE connection = $1", schema.entity(e)), &[&connection])
             .await?;
     }
-    for t in ["sync_state", "processed_events"] {
+    for t in ["sync_state", "processed_events", "compare_candidates"] {
         tx.execute(&format!("DELETE FROM {} WHERE connection = $1", schema.table(t)), &[&connection]).await?;
     }
     Ok(())
@@ -586,46 +603,216 @@ pub async fn prune_events(
         .await?)
 }
 
-/// Ids and tie values of the live rows of an entity synced before `before`.
+/// The value a full comparison orders an entity's ids by, and how it compares; the same order
+/// in Rust (the listing) and in SQL (the sink), so that both walk in step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SortKey {
+    /// A numeric field of the record (the entity's own id field, `Int!`).
+    Number(&'static str),
+    /// `_id`, compared as numbers (non-numeric ids have no place).
+    IdNumber,
+    /// `_id`, compared as text in byte order.
+    IdText,
+    /// A text field of the record in byte order (`creationDate`, for listings by offset).
+    Text(&'static str),
+}
+
+fn is_number(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn cmp_numbers(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    if !is_number(a) || !is_number(b) {
+        return None;
+    }
+    if let (Ok(x), Ok(y)) = (a.parse::<i128>(), b.parse::<i128>()) {
+        return Some(x.cmp(&y));
+    }
+    // Longer than i128 and not negative (ids): by length without leading zeros, then by digits.
+    let (x, y) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    Some(x.len().cmp(&y.len()).then_with(|| x.cmp(y)))
+}
+
+impl SortKey {
+    /// Whether the values are unique per record (ids), so the listing must strictly ascend.
+    pub fn unique(self) -> bool {
+        !matches!(self, SortKey::Text(_))
+    }
+
+    /// Compares two values the way [`SortKey::sql`] does; `None` when one has no place in the
+    /// order (a non-number in a numeric order).
+    pub fn cmp(self, a: &str, b: &str) -> Option<std::cmp::Ordering> {
+        match self {
+            SortKey::Number(_) | SortKey::IdNumber => cmp_numbers(a, b),
+            SortKey::IdText | SortKey::Text(_) => Some(a.as_bytes().cmp(b.as_bytes())),
+        }
+    }
+
+    /// The SQL expression of a row's value, and of a bound given as text parameter `$n`.
+    fn sql(self, n: usize) -> (String, String) {
+        let field = |f: &str| format!("(record->>'{}')", f.replace('\'', "''"));
+        match self {
+            SortKey::Number(f) => {
+                let x = field(f);
+                (
+                    format!("(CASE WHEN {x} ~ '^-?[0-9]+$' THEN {x}::numeric END)"),
+                    format!("(${n}::text)::numeric"),
+                )
+            }
+            SortKey::IdNumber => {
+                ("(CASE WHEN id ~ '^[0-9]+$' THEN id::numeric END)".into(), format!("(${n}::text)::numeric"))
+            }
+            SortKey::IdText => ("(id COLLATE \"C\")".into(), format!("(${n}::text COLLATE \"C\")")),
+            SortKey::Text(f) => {
+                (format!("({} COLLATE \"C\")", field(f)), format!("(${n}::text COLLATE \"C\")"))
+            }
+        }
+    }
+}
+
+/// Of `ids`, those the sink has no row for (deleted or not).
 ///
 /// # Errors
 /// [`Error::Sink`].
-pub async fn live_rows(
+pub async fn not_in_sink(
     pool: &Pool,
     schema: &Schema,
     connection: &str,
     entity: Entity,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>, Error> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT x FROM unnest($2::text[]) AS x WHERE NOT EXISTS \
+                 (SELECT 1 FROM {} t WHERE t.connection = $1 AND t.id = x)",
+                schema.entity(entity)
+            ),
+            &[&connection, &ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Forgets the candidates of an earlier comparison of `entity`.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn clear_candidates(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+) -> Result<(), Error> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE connection = $1 AND entity = $2",
+                schema.table("compare_candidates")
+            ),
+            &[&connection, &entity.name()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One closed range of a full comparison: the live rows synced before `before` whose `key` lies
+/// in `(lo, hi]` (no bound: open on that side) and that Carerix did not list there become
+/// candidates for deletion, with their value of `tie_field`. Rows whose key has no place in the
+/// order are never candidates. Returns how many rows were added.
+///
+/// # Errors
+/// [`Error::Sink`].
+#[allow(clippy::too_many_arguments)]
+pub async fn stage_unlisted(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    key: SortKey,
+    (lo, hi): (Option<&str>, Option<&str>),
+    listed: &[String],
     tie_field: Option<&str>,
     before: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let client = pool.get().await?;
+    let name = entity.name();
+    let tie = tie_field.unwrap_or("_id");
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&connection, &name, &tie, &before, &listed];
+    let (value, _) = key.sql(0);
+    let mut sql = format!(
+        "INSERT INTO {c} (connection, entity, id, tie) SELECT connection, $2, id, record->>$3 FROM {t} \
+         WHERE connection = $1 AND NOT deleted AND synced_at < $4 AND NOT (id = ANY($5)) AND {value} IS NOT NULL",
+        c = schema.table("compare_candidates"),
+        t = schema.entity(entity),
+    );
+    if let Some(lo) = &lo {
+        params.push(lo);
+        sql.push_str(&format!(" AND {value} > {}", key.sql(params.len()).1));
+    }
+    if let Some(hi) = &hi {
+        params.push(hi);
+        sql.push_str(&format!(" AND {value} <= {}", key.sql(params.len()).1));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    Ok(client.execute(&sql, &params).await?)
+}
+
+/// Up to `limit` candidates of `entity` after id `after` (in id order), with their tie values.
+///
+/// # Errors
+/// [`Error::Sink`].
+pub async fn candidates(
+    pool: &Pool,
+    schema: &Schema,
+    connection: &str,
+    entity: Entity,
+    after: Option<&str>,
+    limit: i64,
 ) -> Result<Vec<(String, Option<String>)>, Error> {
     let client = pool.get().await?;
     let rows = client
         .query(
             &format!(
-                "SELECT id, record->>$3 FROM {} WHERE connection = $1 AND NOT deleted AND synced_at < $2",
-                schema.entity(entity)
+                "SELECT id, tie FROM {} WHERE connection = $1 AND entity = $2 AND ($3::text IS NULL OR id > $3) \
+                 ORDER BY id LIMIT $4",
+                schema.table("compare_candidates")
             ),
-            &[&connection, &before, &tie_field.unwrap_or("_id")],
+            &[&connection, &entity.name(), &after, &limit],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Every id of an entity in the sink, deleted or not.
+/// Live rows of an entity synced before `before` (what a comparison may mark deleted).
 ///
 /// # Errors
 /// [`Error::Sink`].
-pub async fn all_ids(
+pub async fn count_live(
     pool: &Pool,
     schema: &Schema,
     connection: &str,
     entity: Entity,
-) -> Result<std::collections::HashSet<String>, Error> {
+    before: DateTime<Utc>,
+) -> Result<u64, Error> {
     let client = pool.get().await?;
-    let rows = client
-        .query(&format!("SELECT id FROM {} WHERE connection = $1", schema.entity(entity)), &[&connection])
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE connection = $1 AND NOT deleted AND synced_at < $2",
+                schema.entity(entity)
+            ),
+            &[&connection, &before],
+        )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
 /// Marks the given rows deleted (only those still live and synced before `before`), and records

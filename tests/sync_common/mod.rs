@@ -209,6 +209,11 @@ pub async fn assert_equal(sim: &SimHandle, t: &Target, e: Entity) {
     let mut present = std::collections::BTreeSet::new();
     for rec in &expected {
         let id = rec["_id"].as_str().expect("_id").to_string();
+        if hidden.contains(&id) && rec.get("deleted").is_none() && !rows.contains_key(&id) {
+            // soft-deleted without a `deleted` field (CRMatch) before any pass read it: restricted
+            // reads never list it, so the sink never had it
+            continue;
+        }
         let (deleted, stored) =
             rows.get(&id).unwrap_or_else(|| panic!("{} {id} missing from the sink", e.name()));
         let sim_deleted =
