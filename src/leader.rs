@@ -232,6 +232,7 @@ impl LeaderElection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn the_renew_deadline_ends_before_a_standby_may_take_over() {

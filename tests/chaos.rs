@@ -15,7 +15,6 @@ mod sync_common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     process::Command,
     sync::{
         Arc, Mutex, PoisonError,

@@ -682,8 +682,7 @@ impl Engine {
         let mut cursor = Cursor::from(keyset::epoch());
         let mut read = 0;
         let mut seen: HashSet<(DateTime<Utc>, String)> = HashSet::new();
-        let mut storing: Option<std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>> =
-            None;
+        let mut storing: Option<futures::future::BoxFuture<'_, Result<(), Error>>> = None;
         let graphql = client.graphql();
         loop {
             let req = PageRequest {
