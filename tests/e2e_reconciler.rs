@@ -587,12 +587,16 @@ async fn a_paused_leader_is_replaced_and_does_not_act_when_it_wakes_up() {
         .await
         .metadata
         .generation;
+    // Ready at the new generation: observedGeneration alone also follows a pass that backed off
+    // half-way (the new leader's first pass may find the tenant's rate limit used up), and the
+    // rest of its work would then be counted against the woken replica below.
     support::eventually("the new leader to reconcile the change", READY_TIMEOUT, || {
         let client = client.clone();
         let ns = ns.clone();
         async move {
             let obj = get_connection(&client, &ns, "acme").await?;
-            (obj.status?.observed_generation == generation).then_some(())
+            let ready = condition(&obj, "Ready").is_some_and(|(status, ..)| status == "True");
+            (ready && obj.status?.observed_generation == generation).then_some(())
         }
     })
     .await;
