@@ -5,6 +5,8 @@
 //! - [`carerix`]: the Carerix API client (OAuth, GraphQL data, webhooks management).
 //! - [`controller`]: the reconciler (credentials, webhooks, status, finalizer).
 //! - [`sync`]: the data sync into PostgreSQL; [`receiver`]: inbound webhook deliveries.
+//! - [`cache`]: the one in-memory copy of the connections that the controllers, the receiver and
+//!   the shards read.
 //! - [`run`], [`server`], [`leader`], [`lease`], [`metrics`]: the running process.
 //! - [`shard`]: active-active sharding of the connections over the replicas (Lease membership,
 //!   a consistent hash ring, a safe hand-over, forwarding of deliveries to the owner).
@@ -15,6 +17,7 @@
 //! - [`preflight`]: `carerix-operator preflight`, the checks of a tenant before anything is applied.
 
 pub mod api;
+pub mod cache;
 pub mod carerix;
 pub mod conditions;
 pub mod connection;

@@ -8,8 +8,8 @@
 //! 3. a `Cx-Signature` header must be present: else 401;
 //! 4. the body must arrive within [`Limits::body_read_timeout`] (else 408) and fit
 //!    [`MAX_BODY_BYTES`] (else 413);
-//! 5. the connection must be in the informer cache ([`Connections`], a reflector every replica
-//!    runs) and the signature (base64 RSASSA-PKCS1-v1_5 SHA-256 over the raw body) must verify
+//! 5. the connection must be in the replica's cache ([`Connections`], which every replica
+//!    keeps) and the signature (base64 RSASSA-PKCS1-v1_5 SHA-256 over the raw body) must verify
 //!    against the application key already known for it (`status.webhooks.publicKey`, or the
 //!    running sync's key): else 401, the same answer for an unknown connection, a connection
 //!    without a known key and a bad signature. A failure on a known connection asks the
@@ -41,22 +41,14 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures::{Future, StreamExt, channel::mpsc::UnboundedSender};
+use futures::{StreamExt, channel::mpsc::UnboundedSender};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, ObjectRef, Store},
-        watcher,
-    },
-};
+use kube::{Client, ResourceExt, runtime::reflector::ObjectRef};
 use rsa::pkcs1v15::VerifyingKey;
 use serde::Deserialize;
 use sha2::Sha256;
 use tracing::{debug, instrument, warn};
 
-pub use crate::signature::{parse_public_key, verify_signature};
 use crate::{
     api::CarerixConnection,
     carerix::{Entity, RateLimiters},
@@ -67,6 +59,10 @@ use crate::{
         Registration, SyncManager,
         store::{self, Change},
     },
+};
+pub use crate::{
+    cache::Connections,
+    signature::{parse_public_key, verify_signature},
 };
 
 /// Largest delivery body accepted.
@@ -322,77 +318,6 @@ impl Default for Limits {
             max_concurrency: 256,
             rate_per_second: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
         }
-    }
-}
-
-/// The CarerixConnections every replica keeps in memory (reflector stores, one per watched
-/// namespace or one for all), so that a delivery never costs a Kubernetes request.
-#[derive(Clone, Default)]
-pub struct Connections {
-    stores: Vec<Store<CarerixConnection>>,
-    ready: Arc<AtomicBool>,
-}
-
-impl Connections {
-    /// Reads from given stores (filled by their writers); ready at once.
-    pub fn from_stores(stores: Vec<Store<CarerixConnection>>) -> Self {
-        Connections { stores, ready: Arc::new(AtomicBool::new(true)) }
-    }
-
-    /// Stores for `namespaces` (all when empty), and the future that fills them: run it for as
-    /// long as the receiver serves (it retries with backoff when the API server is away).
-    pub fn watch(
-        client: &Client,
-        namespaces: &[String],
-    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let apis: Vec<Api<CarerixConnection>> = if namespaces.is_empty() {
-            vec![Api::all(client.clone())]
-        } else {
-            namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
-        };
-        let ready = Arc::new(AtomicBool::new(false));
-        let mut stores = Vec::new();
-        let mut runs = Vec::new();
-        for api in apis {
-            let (reader, writer) = reflector::store();
-            stores.push(reader);
-            let events = watcher(api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(|c: &mut CarerixConnection| c.managed_fields_mut().clear());
-            runs.push(reflector::reflector(writer, events).for_each(|_| async {}));
-        }
-        let readiness = {
-            let (stores, ready) = (stores.clone(), ready.clone());
-            async move {
-                for store in stores {
-                    while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
-                        .await
-                        .is_err()
-                    {}
-                }
-                ready.store(true, Ordering::SeqCst);
-            }
-        };
-        let run = async move {
-            futures::join!(futures::future::join_all(runs), readiness);
-        };
-        (Connections { stores, ready }, run)
-    }
-
-    /// The connection `namespace/name`, if it exists.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CarerixConnection>> {
-        let key = ObjectRef::new(name).within(namespace);
-        self.stores.iter().find_map(|s| s.get(&key))
-    }
-
-    /// Every connection in the cache.
-    pub fn refs(&self) -> Vec<ObjectRef<CarerixConnection>> {
-        self.stores.iter().flat_map(Store::state).map(|c| ObjectRef::from_obj(c.as_ref())).collect()
-    }
-
-    /// Whether every store has its first full list.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
     }
 }
 

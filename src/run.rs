@@ -349,7 +349,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         client: client.clone(),
         metrics: metrics.clone(),
         sync: sync.clone(),
-        connections,
+        connections: connections.clone(),
         carerix: settings.clone(),
         rate_limiters,
         reconcile: reconcile_tx.clone(),
@@ -421,8 +421,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         None
     };
 
-    let controllers =
-        run_controllers(&args, client.clone(), ctx.clone(), ready.clone(), reconcile_rx, shutdown_rx.clone());
+    let controllers = run_controllers(
+        &args,
+        client.clone(),
+        Controllers { ctx: ctx.clone(), connections: connections.clone(), ready: ready.clone() },
+        reconcile_rx,
+        shutdown_rx.clone(),
+    );
     match leader {
         Some(leader) => {
             let mut shutdown = shutdown_rx.clone();
@@ -530,37 +535,38 @@ pub fn references_secret(obj: &CarerixConnection, name: &str) -> bool {
         || spec.sync.as_ref().is_some_and(|s| s.sink.postgres.connection_secret_ref.name == name)
 }
 
+/// What the controllers share with the rest of the process.
+struct Controllers {
+    ctx: Arc<Context>,
+    connections: Connections,
+    ready: Arc<AtomicBool>,
+}
+
+/// One controller per watched scope, on the replica's one cache of connections ([`Connections`]).
 async fn run_controllers(
     args: &RunArgs,
     client: Client,
-    ctx: Arc<Context>,
-    ready: Arc<AtomicBool>,
+    shared: Controllers,
     reconcile_rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<CarerixConnection>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.namespaces.iter().cloned().map(Some).collect()
-    };
+    let Controllers { ctx, connections, ready } = shared;
     // Reconcile requests (from the sync and the receiver) go to the controller of their namespace.
     let mut routes: Vec<(
         Option<String>,
         futures::channel::mpsc::UnboundedSender<ObjectRef<CarerixConnection>>,
     )> = Vec::new();
-    let mut stores = Vec::new();
     let mut runs = Vec::new();
-    for ns in scopes {
-        let (connections, secrets): (Api<CarerixConnection>, Api<PartialObjectMeta<Secret>>) = match &ns {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
+    for (index, (ns, store)) in connections.scopes().enumerate() {
+        let ns = ns.map(str::to_string);
+        let secrets: Api<PartialObjectMeta<Secret>> = match &ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
         };
         // Only changes a person made start a pass, never our own status writes (controller::watch).
-        let (store, changes) =
-            controller::watch::connection_changes(connections, watcher::Config::default().any_semantic());
+        let changes = controller::watch::connection_changes(&connections, index);
         let controller = Controller::for_stream(changes, store.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
-        stores.push(store.clone());
         let secret_events = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
         let mapper_store = store.clone();
         let controller = controller.watches_stream(secret_events, move |secret| {
@@ -593,10 +599,8 @@ async fn run_controllers(
         });
     }
     let readiness = async move {
-        for store in stores {
-            // NB: the store's readiness wakes only its most recent waiter (the controller also
-            // waits on it), so poll it again now and then instead of awaiting once.
-            while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await.is_err() {}
+        while !connections.is_ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         ready.store(true, Ordering::SeqCst);
         info!("caches synced; ready");

@@ -264,6 +264,12 @@ impl Context {
         self.clients.lock().await.remove(key);
     }
 
+    /// How many Carerix clients are cached.
+    #[cfg(test)]
+    pub(crate) async fn cached_clients(&self) -> usize {
+        self.clients.lock().await.len()
+    }
+
     /// Drops everything kept for a connection that is gone: its client, backoff and metrics.
     pub async fn forget(&self, obj: &CarerixConnection) {
         let key = key_of(obj);

@@ -78,11 +78,13 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
     let Some(_work) = ctx.shards.begin(&key) else {
         // Owned but waiting for the hand-over: look again soon, in case the membership's request
         // came before this connection reached its cache.
-        return Ok(if ctx.shards.owns(&key) {
-            Action::requeue(Duration::from_secs(2))
-        } else {
-            Action::await_change()
-        });
+        if ctx.shards.owns(&key) {
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        // Another replica's now (the membership asks for this pass when it hands one over):
+        // its Carerix client, token, admission and backoff are of no use here any more.
+        ctx.forget(&obj).await;
+        return Ok(Action::await_change());
     };
     if !ctx.leadership.is_valid() {
         // The lease lapsed (paused, or cut off from the API): a standby may lead by now.

@@ -505,6 +505,17 @@ fn world_with(cx: FakeCarerix, obj: &CarerixConnection, secret: bool) -> World {
 /// Like [`world_with`]; with `metered`, every Carerix call first waits for the tenant's rate
 /// limiter, as the real client's requests do.
 fn world_of(cx: FakeCarerix, obj: &CarerixConnection, secret: bool, metered: bool) -> World {
+    world_in(cx, obj, secret, metered, crate::shard::Shards::unsharded())
+}
+
+/// Like [`world_of`], for a replica that works on `shards` only.
+fn world_in(
+    cx: FakeCarerix,
+    obj: &CarerixConnection,
+    secret: bool,
+    metered: bool,
+    shards: crate::shard::Shards,
+) -> World {
     let kube = FakeKube::default();
     kube.put(CONN, obj);
     if secret {
@@ -521,15 +532,22 @@ fn world_of(cx: FakeCarerix, obj: &CarerixConnection, secret: bool, metered: boo
     let sync = Arc::new(FakeSync::default());
     let client = kube.client();
     let recorder = Recorder::new(client.clone(), Reporter { controller: "test".into(), instance: None });
-    let ctx = Arc::new(Context::with_connector(
-        client,
-        Settings::default(),
-        RateLimiters::new(10),
-        recorder,
-        Arc::new(Metrics::new()),
-        sync.clone(),
-        if metered { Box::new(MeteredConnector(cx.clone())) } else { Box::new(FakeConnector(cx.clone())) },
-    ));
+    let ctx = Arc::new(
+        Context::with_connector(
+            client,
+            Settings::default(),
+            RateLimiters::new(10),
+            recorder,
+            Arc::new(Metrics::new()),
+            sync.clone(),
+            if metered {
+                Box::new(MeteredConnector(cx.clone()))
+            } else {
+                Box::new(FakeConnector(cx.clone()))
+            },
+        )
+        .with_shards(shards),
+    );
     World { kube, cx, sync, ctx }
 }
 
@@ -804,4 +822,28 @@ fn requeue_of(action: &Action) -> Duration {
         _ => n / 1e9,
     };
     Duration::from_secs_f64(secs)
+}
+
+#[tokio::test]
+async fn a_connection_handed_to_another_replica_leaves_no_carerix_client_behind() {
+    use crate::shard::{Shards, ring::Ring};
+    let validity = crate::leader::Validity::elected();
+    validity.set(tokio::time::Instant::now() + Duration::from_secs(3600));
+    let shards = Shards::member("a", validity);
+    shards.enter(Ring::new(["a"]));
+    shards.settle();
+    let mut obj = connection(json!({}));
+    obj.metadata.finalizers = Some(vec![crate::api::FINALIZER.into()]);
+    let obj = Arc::new(obj);
+    let w = world_in(FakeCarerix::new(), &obj, true, false, shards.clone());
+    let action = super::reconcile(obj.clone(), w.ctx.clone()).await.expect("a pass");
+    assert_eq!(w.condition("Ready").0, "True", "{action:?} {:?}", w.condition("Ready"));
+    assert_eq!(w.ctx.cached_clients().await, 1, "its owner keeps the client (and its token)");
+
+    // Replica b joined and owns it now: the pass the membership asks for drops the client.
+    shards.enter(Ring::new(["b"]));
+    shards.settle();
+    let action = super::reconcile(obj.clone(), w.ctx.clone()).await.expect("a pass");
+    assert_eq!(action, Action::await_change(), "nothing to do for another replica's connection");
+    assert_eq!(w.ctx.cached_clients().await, 0, "the client was dropped on the hand-over");
 }

@@ -10,22 +10,22 @@
 //! patch). Requeues the reconciler asks for, Secret changes and the sync's and receiver's requests
 //! (`reconcile_on`) arrive on their own paths and are not filtered.
 //!
-//! The store sees every update (it is filled before the filter), so the Secret mapper and the
-//! reconciler always read the latest object, status included.
+//! The connections come from the replica's one cache ([`Connections`]), which sees every update
+//! (it is filled before the filter), so the Secret mapper and the reconciler always read the
+//! latest object, status included.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use futures::Stream;
 use kube::{
-    Api, ResourceExt,
-    runtime::{
-        PredicateConfig, WatchStreamExt,
-        reflector::{self, Store},
-        watcher,
-    },
+    ResourceExt,
+    runtime::{PredicateConfig, WatchStreamExt, watcher},
 };
 
-use crate::api::{CarerixConnection, RECONCILE_REQUESTED_AT};
+use crate::{
+    api::{CarerixConnection, RECONCILE_REQUESTED_AT},
+    cache::Connections,
+};
 
 /// The part of a connection whose change asks for a reconcile, hashed.
 pub fn what_matters(obj: &CarerixConnection) -> Option<u64> {
@@ -38,22 +38,13 @@ pub fn what_matters(obj: &CarerixConnection) -> Option<u64> {
     Some(h.finish())
 }
 
-/// The store of the connections in `api`'s scope (kept current with every update) and the
-/// stream of the changes that ask for a reconcile ([`what_matters`]), for
-/// `Controller::for_stream`.
+/// The changes of scope `index` of `connections` that ask for a reconcile ([`what_matters`]),
+/// beginning with every connection cached now, for `Controller::for_stream`.
 pub fn connection_changes(
-    api: Api<CarerixConnection>,
-    config: watcher::Config,
-) -> (Store<CarerixConnection>, impl Stream<Item = Result<CarerixConnection, watcher::Error>> + Send) {
-    let (store, writer) = reflector::store();
-    let changes = watcher(api, config)
-        .default_backoff()
-        // nothing reads managedFields; one entry per field manager is most of a cached object
-        .modify(|c: &mut CarerixConnection| c.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(what_matters, PredicateConfig::default());
-    (store, changes)
+    connections: &Connections,
+    index: usize,
+) -> impl Stream<Item = Result<CarerixConnection, watcher::Error>> + Send + use<> {
+    connections.subscribe(index).predicate_filter(what_matters, PredicateConfig::default())
 }
 
 #[cfg(test)]

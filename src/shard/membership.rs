@@ -378,6 +378,8 @@ impl Membership {
         for r in before.into_iter().filter(|r| !self.shards.may_work(&key_of(r))) {
             // Its series are the new owner's to export now.
             self.metrics.forget_connection(r.namespace.as_deref().unwrap_or_default(), &r.name);
+            // A pass that finds it gone from this replica's share drops its Carerix client.
+            let _ = self.reconcile.unbounded_send(r.clone());
             lost += 1;
         }
         ack.send_replace(view.clone());
