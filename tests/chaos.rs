@@ -30,7 +30,7 @@ use kube::Api;
 use serde_json::{Map, Value, json};
 use support::{
     ControlPlane,
-    e2e::{Operator, apply_connection, condition, get_connection, put_secret},
+    e2e::{Operator, apply_connection, condition, get_connection, put_secret, synced_spec},
     repo_root,
 };
 use sync_common::OwnPostgres;
@@ -310,24 +310,17 @@ async fn after_crashes_restarts_storms_and_a_failover_every_connection_is_ready_
         }
     });
     for tenant in TENANTS {
-        apply_connection(
-            &client,
-            &ns,
+        let mut spec = synced_spec(
             tenant,
-            json!({
-                "tenant": tenant,
-                "credentialsSecretRef": {"name": tenant},
-                "identityUrl": sim_url, "apiUrl": sim_url,
-                "interval": "30s",
-                "webhooks": [{"name": "candidates", "events": ["cremployee:created", "cremployee:updated"]}],
-                "sync": {
-                    "interval": "5s",
-                    "fullCompareInterval": "30s",
-                    "sink": {"postgres": {"connectionSecretRef": {"name": "db", "key": "url"}, "schema": schema_name}}
-                }
-            }),
-        )
-        .await;
+            tenant,
+            &sim_url,
+            &schema_name,
+            &["cremployee:created", "cremployee:updated"],
+        );
+        spec["interval"] = json!("30s");
+        spec["sync"]["interval"] = json!("5s");
+        spec["sync"]["fullCompareInterval"] = json!("30s");
+        apply_connection(&client, &ns, tenant, spec).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicUsize::new(0));

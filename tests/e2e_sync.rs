@@ -11,7 +11,7 @@ use carerix_sim::{ClientConfig, Config, TenantConfig};
 use serde_json::{Map, json};
 use support::{
     control_plane,
-    e2e::{Operator, apply_connection, condition, get_connection, put_secret, wait_condition},
+    e2e::{Operator, apply_connection, condition, get_connection, put_secret, synced_spec, wait_condition},
 };
 
 async fn pg(url: &str) -> tokio_postgres::Client {
@@ -50,23 +50,10 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
     put_secret(&client, &ns, "creds", &[("clientId", "c"), ("clientSecret", "s")]).await;
     put_secret(&client, &ns, "db", &[("url", &db_url)]).await;
     let _op = Operator::start(cp, &[&ns], &["--carerix-rate-limit", "4"]);
-    apply_connection(
-        &client,
-        &ns,
-        "acme",
-        json!({
-            "tenant": "acme",
-            "credentialsSecretRef": {"name": "creds"},
-            "identityUrl": url, "apiUrl": url,
-            "interval": "1m",
-            "webhooks": [{"name": "candidates", "events": ["cremployee:updated"]}],
-            "sync": {
-                "interval": "1m",
-                "sink": {"postgres": {"connectionSecretRef": {"name": "db", "key": "url"}, "schema": schema}}
-            }
-        }),
-    )
-    .await;
+    let mut spec = synced_spec("acme", "creds", &url, &schema, &["cremployee:updated"]);
+    spec["interval"] = json!("1m");
+    spec["sync"]["interval"] = json!("1m");
+    apply_connection(&client, &ns, "acme", spec).await;
 
     // First pass: progress in the status, Reconciling, not Ready yet.
     let obj = wait_condition(

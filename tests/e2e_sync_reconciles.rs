@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use carerix_operator::controller::status::PROGRESS_INTERVAL;
 use carerix_sim::{ClientConfig, Config, Readings, TenantConfig};
-use serde_json::json;
 use support::{
     control_plane,
-    e2e::{Operator, apply_connection, condition, get_connection, put_secret, wait_condition},
+    e2e::{Operator, apply_connection, condition, get_connection, put_secret, synced_spec, wait_condition},
     eventually,
 };
 
@@ -61,17 +60,7 @@ async fn an_initial_sync_reports_progress_without_a_reconcile_storm_and_only_a_r
         &client,
         &ns,
         "acme",
-        json!({
-            "tenant": "acme",
-            "credentialsSecretRef": {"name": "creds"},
-            "identityUrl": url, "apiUrl": url,
-            "interval": "10m",
-            "webhooks": [{"name": "candidates", "events": ["cremployee:updated"]}],
-            "sync": {
-                "interval": "10m",
-                "sink": {"postgres": {"connectionSecretRef": {"name": "db", "key": "url"}, "schema": schema}}
-            }
-        }),
+        synced_spec("acme", "creds", &url, &schema, &["cremployee:updated"]),
     )
     .await;
 

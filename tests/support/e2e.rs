@@ -223,6 +223,24 @@ pub async fn apply_connection(
         .expect("the CarerixConnection is accepted")
 }
 
+/// The spec of a connection of `tenant` at `url` (the emulator), with credentials in Secret
+/// `creds`, one webhook "candidates" on `events`, and its data synced into `schema` of the
+/// database whose URL is in Secret `db` (key `url`). Reconciled and synced every ten minutes: a
+/// test sets `interval`, `sync.interval` and the like on the value.
+pub fn synced_spec(tenant: &str, creds: &str, url: &str, schema: &str, events: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "tenant": tenant,
+        "credentialsSecretRef": {"name": creds},
+        "identityUrl": url, "apiUrl": url,
+        "interval": "10m",
+        "webhooks": [{"name": "candidates", "events": events}],
+        "sync": {
+            "interval": "10m",
+            "sink": {"postgres": {"connectionSecretRef": {"name": "db", "key": "url"}, "schema": schema}}
+        }
+    })
+}
+
 /// Deletes a CarerixConnection (the finalizer then runs).
 pub async fn delete_connection(client: &Client, ns: &str, name: &str) {
     let api: Api<CarerixConnection> = Api::namespaced(client.clone(), ns);

@@ -144,6 +144,25 @@ impl Engine {
             Tie::Offset => "_id creationDate".to_string(),
         };
         let tie_field = tie.property().filter(|p| *p != "_id");
+        // Marks the rows of a closed key range that Carerix did not list as candidates.
+        let stage = |range: (Option<&str>, Option<&str>), ids: Vec<String>| {
+            let range = (range.0.map(str::to_string), range.1.map(str::to_string));
+            async move {
+                let range = (range.0.as_deref(), range.1.as_deref());
+                store::stage_unlisted(
+                    &t.pool,
+                    &t.schema,
+                    &t.connection,
+                    entity,
+                    key,
+                    range,
+                    &ids,
+                    tie_field,
+                    started,
+                )
+                .await
+            }
+        };
         let mut walk = Walk { complete: true, ..Walk::default() };
         // The open range: keys above `lo` (exclusive), and what was listed in it so far, in order.
         let mut lo: Option<String> = None;
@@ -211,18 +230,7 @@ impl Engine {
                     walk.complete = false;
                 }
                 let ids: Vec<String> = pending.drain(..).map(|(_, id)| id).collect();
-                walk.candidates += store::stage_unlisted(
-                    &t.pool,
-                    &t.schema,
-                    &t.connection,
-                    entity,
-                    key,
-                    (lo.as_deref(), None),
-                    &ids,
-                    tie_field,
-                    started,
-                )
-                .await?;
+                walk.candidates += stage((lo.as_deref(), None), ids).await?;
                 return Ok(Outcome::Walked(walk));
             }
             // Close the range up to the last key below the page's last one: later pages list
@@ -232,18 +240,7 @@ impl Engine {
                 if split > 0 {
                     let hi = pending[split - 1].0.clone();
                     let ids: Vec<String> = pending.drain(..split).map(|(_, id)| id).collect();
-                    walk.candidates += store::stage_unlisted(
-                        &t.pool,
-                        &t.schema,
-                        &t.connection,
-                        entity,
-                        key,
-                        (lo.as_deref(), Some(&hi)),
-                        &ids,
-                        tie_field,
-                        started,
-                    )
-                    .await?;
+                    walk.candidates += stage((lo.as_deref(), Some(&hi)), ids).await?;
                     lo = Some(hi);
                 }
             }
