@@ -11,9 +11,9 @@
 //! connection, behind a proxy that delays every answer by `--latency-ms`. The operator runs as its
 //! own process, so its memory and CPU are its own. Printed, as a Markdown table row:
 //! seconds from the first `apply` until every connection is `Ready`, the operator's peak RSS
-//! (VmHWM), its RSS before any connection existed, memory per connection, and over two reconcile
-//! intervals of steady state: status writes (watch events), Carerix writes, Carerix requests and
-//! the operator's CPU share.
+//! (VmHWM), its RSS before any connection existed, memory per connection, its RSS at the end, and
+//! over two reconcile intervals of steady state: status writes (watch events), Carerix writes,
+//! Carerix requests and the operator's CPU share.
 
 use std::{
     collections::BTreeMap,
@@ -319,16 +319,16 @@ async fn main() -> Result<()> {
         *by_kind.entry(kind).or_default() += 1;
     }
     sampling.store(false, Ordering::Relaxed);
-    let (hwm, _) = memory_kib(pid);
+    let (hwm, steady_rss) = memory_kib(pid);
     let peak_rss = peak.load(Ordering::Relaxed);
 
     println!(
         "| connections | latency | applied in | all Ready after | peak RSS (VmHWM) | idle RSS | per connection | \
-         steady: status writes | Carerix writes | Carerix reads | token requests | CPU |"
+         steady RSS | steady: status writes | Carerix writes | Carerix reads | token requests | CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {n} | {} ms | {:.1} s | {:.1} s | {:.1} MiB ({:.1} MiB sampled) | {:.1} MiB | {:.1} KiB | {} | {} | {} | {} | {:.2} % |",
+        "| {n} | {} ms | {:.1} s | {:.1} s | {:.1} MiB ({:.1} MiB sampled) | {:.1} MiB | {:.1} KiB | {:.1} MiB | {} | {} | {} | {} | {:.2} % |",
         args.latency.as_millis(),
         applied.as_secs_f64(),
         all_ready.as_secs_f64(),
@@ -336,6 +336,7 @@ async fn main() -> Result<()> {
         peak_rss as f64 / 1024.0,
         idle_rss as f64 / 1024.0,
         (hwm.saturating_sub(idle_rss)) as f64 / n as f64,
+        steady_rss as f64 / 1024.0,
         writes.load(Ordering::Relaxed),
         by_kind.get("write").copied().unwrap_or(0),
         by_kind.get("read").copied().unwrap_or(0),

@@ -308,17 +308,6 @@ impl Metrics {
     pub fn set_conditions(&self, obj: &CarerixConnection, conditions: &[Condition]) {
         let namespace = obj.namespace().unwrap_or_default();
         let name = obj.name_any();
-        // A condition that went away (Reconciling, Stalled) must not keep its last value.
-        for type_ in CONDITION_TYPES.iter().filter(|t| !conditions.iter().any(|c| c.type_ == **t)) {
-            for status in ["True", "False", "Unknown"] {
-                self.conditions.remove(&ConditionLabels {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    r#type: (*type_).to_string(),
-                    status: status.to_string(),
-                });
-            }
-        }
         for c in conditions {
             for status in ["True", "False", "Unknown"] {
                 let labels = ConditionLabels {

@@ -21,12 +21,7 @@ use kube::{
     Api, Client, Config, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
     core::PartialObjectMeta,
-    runtime::{
-        Controller, WatchStreamExt,
-        events::{Recorder, Reporter},
-        reflector::ObjectRef,
-        watcher,
-    },
+    runtime::{Controller, WatchStreamExt, events::Reporter, reflector::ObjectRef, watcher},
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -337,7 +332,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             client.clone(),
             settings.clone(),
             rate_limiters.clone(),
-            Recorder::new(client.clone(), reporter),
+            controller::events::Events::new(client.clone(), reporter),
             metrics.clone(),
             sync.clone(),
         )

@@ -2,7 +2,9 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use kube::{Client, ResourceExt, runtime::events::Recorder};
+use kube::{Client, ResourceExt};
+
+use super::events::Events;
 use tokio::sync::Mutex;
 
 use super::{
@@ -133,7 +135,7 @@ pub struct Context {
     /// Per-connection failure counts.
     pub backoffs: Backoffs,
     /// Events.
-    pub recorder: Recorder,
+    pub events: Events,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Data sync state, read into status.
@@ -162,19 +164,11 @@ impl Context {
         client: Client,
         settings: Settings,
         rate_limiters: RateLimiters,
-        recorder: Recorder,
+        events: Events,
         metrics: Arc<Metrics>,
         sync: Arc<dyn SyncReport>,
     ) -> Self {
-        Context::with_connector(
-            client,
-            settings,
-            rate_limiters,
-            recorder,
-            metrics,
-            sync,
-            Box::new(RealCarerix),
-        )
+        Context::with_connector(client, settings, rate_limiters, events, metrics, sync, Box::new(RealCarerix))
     }
 
     /// A context whose Carerix clients come from `connector`.
@@ -182,7 +176,7 @@ impl Context {
         client: Client,
         settings: Settings,
         rate_limiters: RateLimiters,
-        recorder: Recorder,
+        events: Events,
         metrics: Arc<Metrics>,
         sync: Arc<dyn SyncReport>,
         connector: Box<dyn Connector>,
@@ -192,7 +186,7 @@ impl Context {
             backoffs: Backoffs::new(settings.backoff),
             settings,
             rate_limiters,
-            recorder,
+            events,
             metrics,
             sync,
             leadership: crate::leader::Validity::default(),

@@ -19,6 +19,7 @@ pub mod cleanup;
 pub mod context;
 pub mod credentials;
 mod error;
+pub mod events;
 pub mod failure;
 pub mod plan;
 pub mod status;

@@ -5,7 +5,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp}
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event as KubeEvent, EventType},
+    runtime::events::EventType,
 };
 use serde_json::json;
 use tracing::{debug, warn};
@@ -171,14 +171,9 @@ pub async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.to_string(),
-        note: Some(sanitize_event(&note)),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    let note = sanitize_event(&note);
+    let what = super::events::Note { type_, reason, action, note: &note };
+    if let Err(err) = ctx.events.publish(&obj.object_ref(&()), what).await {
         warn!(error = %err, "could not publish an event");
     }
 }

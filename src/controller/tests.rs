@@ -8,10 +8,7 @@ use std::{
 };
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::runtime::{
-    controller::Action,
-    events::{Recorder, Reporter},
-};
+use kube::runtime::{controller::Action, events::Reporter};
 use serde_json::json;
 
 use super::{
@@ -531,7 +528,8 @@ fn world_in(
     let cx = Arc::new(cx);
     let sync = Arc::new(FakeSync::default());
     let client = kube.client();
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "test".into(), instance: None });
+    let recorder =
+        super::events::Events::new(client.clone(), Reporter { controller: "test".into(), instance: None });
     let ctx = Arc::new(
         Context::with_connector(
             client,
