@@ -69,6 +69,18 @@ async fn a_token_is_fetched_once_reused_and_refreshed_before_it_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcilers_and_the_syncs_clients_of_a_connection_share_one_token() {
+    let sim = sim(|_| {}).await;
+    let sync = client(&sim, "alice", "alice-secret", 10);
+    let reconciler =
+        sync.with_retry_policy(carerix_operator::controller::context::reconciler_retry_policy(1));
+    sync.graphql().page(Entity::Candidates, &first_page()).await.expect("a page");
+    reconciler.graphql().page(Entity::Vacancies, &first_page()).await.expect("a page");
+    let tokens = operations(&sim).iter().filter(|(op, _)| op == "token").count();
+    assert_eq!(tokens, 1, "one token for both: {:?}", operations(&sim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_drops_the_token_and_retries_once() {
     let sim = sim(|_| {}).await;
     let cx = client(&sim, "alice", "alice-secret", 10);

@@ -207,7 +207,7 @@ impl CarerixClientBuilder {
             join(&identity_url, &["auth", "realms", &tenant, "protocol", "openid-connect", "token"])?;
         let http = shared_http_client(self.connect_timeout, self.request_timeout, &self.user_agent)?;
         let limiter = self.rate_limiter.unwrap_or_default();
-        let tokens = TokenSource::new(token_url, tenant.clone(), credentials, self.scopes);
+        let tokens = Arc::new(TokenSource::new(token_url, tenant.clone(), credentials, self.scopes));
         Ok(CarerixClient {
             inner: Arc::new(Inner {
                 http,
@@ -286,7 +286,7 @@ pub(crate) struct Inner {
     http: reqwest::Client,
     pub(crate) api_url: Url,
     tenant: String,
-    tokens: TokenSource,
+    tokens: Arc<TokenSource>,
     limiter: RateLimiter,
     retry: RetryPolicy,
     observer: Arc<dyn Observer>,
@@ -327,6 +327,23 @@ impl CarerixClient {
     /// A builder with the defaults described on its methods.
     pub fn builder() -> CarerixClientBuilder {
         CarerixClientBuilder::new()
+    }
+
+    /// The same client (HTTP pool, token and its cache, rate limit) retrying by `retry` instead:
+    /// the reconciler's and the sync's clients of one connection share one token this way.
+    pub fn with_retry_policy(&self, retry: RetryPolicy) -> CarerixClient {
+        let inner = &self.inner;
+        CarerixClient {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                api_url: inner.api_url.clone(),
+                tenant: inner.tenant.clone(),
+                tokens: inner.tokens.clone(),
+                limiter: inner.limiter.clone(),
+                retry,
+                observer: inner.observer.clone(),
+            }),
+        }
     }
 
     /// The tenant this client works for.

@@ -84,17 +84,10 @@ pub struct RealCarerix;
 
 /// The reconciler's own client: it never sleeps on a `Retry-After` inside a pass (the error
 /// comes back at once and the pass is requeued after that delay), so a throttled tenant does not
-/// hold one of the controller's workers while others, deletions included, wait.
-fn reconciler_client(
-    spec: &CarerixConnectionSpec,
-    creds: &SecretCredentials,
-    settings: &Settings,
-    rate_limiters: &RateLimiters,
-    metrics: &Arc<Metrics>,
-) -> Result<CarerixClient, crate::carerix::Error> {
-    crate::connection::client_builder(spec, creds, settings.carerix_timeout, rate_limiters, metrics)
-        .retry_policy(reconciler_retry_policy(settings.carerix_retries))
-        .build()
+/// hold one of the controller's workers while others, deletions included, wait. It shares the
+/// sync's client's token.
+fn reconciler_client(client: &CarerixClient, settings: &Settings) -> CarerixClient {
+    client.with_retry_policy(reconciler_retry_policy(settings.carerix_retries))
 }
 
 /// Short retries of transport errors and 5xx inside a pass; no waiting on `Retry-After`.
@@ -119,7 +112,7 @@ impl Connector for RealCarerix {
         metrics: &Arc<Metrics>,
     ) -> Result<Connected, crate::carerix::Error> {
         let client = build_client(spec, creds, &settings.client_settings(), rate_limiters, metrics)?;
-        let reconciler = reconciler_client(spec, creds, settings, rate_limiters, metrics)?;
+        let reconciler = reconciler_client(&client, settings);
         Ok(Connected { api: Arc::new(reconciler), client })
     }
 }
