@@ -100,9 +100,10 @@ pub struct RunArgs {
     pub backoff_max_seconds: u64,
 
     /// Connections reconciled at the same time. Reconciles wait on Carerix's answers, not on the
-    /// CPU, and the tenant's rate limit is the brake; at 200 ms per answer, 64 made 300
-    /// connections Ready in 11 s where 8 left most of them queued (docs/benchmarks.md).
-    #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
+    /// CPU, and the tenant's rate limit is the brake; at 200 ms per answer, 128 made 1000
+    /// connections Ready 24 to 26 s after the first apply where 64 took 33 to 37 s, and 8 left
+    /// most of them queued (docs/benchmarks.md).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 128)]
     pub concurrency: u16,
 
     /// Run only while holding the Lease (for more than one replica).

@@ -190,6 +190,10 @@ fn the_default_render_is_a_hardened_cluster_wide_operator() {
     );
     assert_eq!(env(deployment, "POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
     assert_eq!(env(deployment, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(env(deployment, "CONCURRENCY")["value"], "128");
+    assert_eq!(env(deployment, "MALLOC_ARENA_MAX")["value"], "2", "fewer malloc arenas, less memory kept");
+    let glibc_default = documents(&render(RELEASE, "carerix-system", &["mallocArenaMax="]));
+    assert_eq!(env(find(&glibc_default, "Deployment")[0], "MALLOC_ARENA_MAX"), Value::Null);
 
     let service = find(&docs, "Service")[0];
     assert_eq!(service["spec"]["ports"][0]["name"], "http");
