@@ -13,7 +13,7 @@ use std::{
 };
 
 use carerix_operator::{
-    carerix::{CarerixClient, Credentials, Entity, RateLimiter},
+    carerix::{CarerixClient, Entity},
     sync::{Engine, Target, store},
 };
 use carerix_sim::{Readings, SimHandle};
@@ -67,15 +67,7 @@ fn fields(k: &str, v: String) -> Map<String, Value> {
 
 /// A client without the operator's 10 requests/s, so many passes fit in seconds.
 fn fast_client(sim: &SimHandle) -> CarerixClient {
-    let base = sim.base_url().as_str().trim_end_matches('/').to_string();
-    CarerixClient::builder()
-        .identity_url(base.clone())
-        .api_url(base)
-        .tenant(TENANT)
-        .credentials(Credentials::new(CLIENT_ID, SECRET))
-        .rate_limiter(RateLimiter::new(1000))
-        .build()
-        .expect("client builds")
+    sync_common::client_at_rate(sim, 1000)
 }
 
 /// Applies `changes`. Deletes only the comparison finds (hard ones; soft ones of matches when

@@ -165,13 +165,18 @@ pub async fn sim(records: usize, tweak: impl FnOnce(&mut Config)) -> SimHandle {
 
 /// A client of the emulator's tenant with the operator's rate limit (10 requests/s).
 pub fn client(sim: &SimHandle) -> CarerixClient {
+    client_at_rate(sim, 10)
+}
+
+/// A client of the emulator's tenant allowed `per_sec` requests per second.
+pub fn client_at_rate(sim: &SimHandle, per_sec: u32) -> CarerixClient {
     let base = sim.base_url().as_str().trim_end_matches('/').to_string();
     CarerixClient::builder()
         .identity_url(base.clone())
         .api_url(base)
         .tenant(TENANT)
         .credentials(Credentials::new(CLIENT_ID, SECRET))
-        .rate_limiter(RateLimiter::new(10))
+        .rate_limiter(RateLimiter::new(per_sec))
         .build()
         .expect("client builds")
 }
