@@ -257,12 +257,16 @@ impl Context {
         self.clients.lock().await.len()
     }
 
-    /// Drops everything kept for a connection that is gone: its client, backoff and metrics.
+    /// Drops the work state of connection `key`: its client (and token), admission and backoff.
+    pub async fn forget_work(&self, key: &str) {
+        self.forget_client(key).await;
+        self.admissions.forget(key);
+        self.backoffs.succeeded(key);
+    }
+
+    /// Drops everything kept for a connection that is gone: its work state and metrics.
     pub async fn forget(&self, obj: &CarerixConnection) {
-        let key = key_of(obj);
-        self.forget_client(&key).await;
-        self.admissions.forget(&key);
-        self.backoffs.succeeded(&key);
+        self.forget_work(&key_of(obj)).await;
         self.metrics.forget_connection(&obj.namespace().unwrap_or_default(), &obj.name_any());
     }
 }

@@ -82,9 +82,10 @@ pub async fn reconcile(obj: Arc<CarerixConnection>, ctx: Arc<Context>) -> Result
         if ctx.shards.owns(&key) {
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        // Another replica's now (the membership asks for this pass when it hands one over):
-        // its Carerix client, token, admission and backoff are of no use here any more.
-        ctx.forget(&obj).await;
+        // Another replica's now (the membership asks for this pass when it hands one over, and
+        // has already dropped its metrics): its Carerix client, token, admission and backoff
+        // are of no use here any more.
+        ctx.forget_work(&key).await;
         return Ok(Action::await_change());
     };
     if !ctx.leadership.is_valid() {
