@@ -118,9 +118,16 @@ async fn a_connection_with_sync_fills_postgresql_reports_progress_and_deliveries
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(fresh, "the delivery did not update the row within 10 s (the sync interval is 1 m)");
-    let accepted =
-        sim.sim().delivery_log().iter().any(|d| d.status_code == Some(200) && d.url.contains("/webhooks/"));
-    assert!(accepted, "the receiver acknowledged the delivery: {:?}", sim.sim().delivery_log());
+    // The row is written before the answer reaches the emulator's log: wait for the log.
+    support::eventually("the receiver's 200 in the emulator's delivery log", Duration::from_secs(10), || {
+        let accepted = sim
+            .sim()
+            .delivery_log()
+            .iter()
+            .any(|d| d.status_code == Some(200) && d.url.contains("/webhooks/"));
+        std::future::ready(accepted.then_some(()))
+    })
+    .await;
     assert!(get_connection(&client, &ns, "acme").await.is_some());
 
     // Suspended: the sync stops and deliveries wait; nothing reaches Carerix.
