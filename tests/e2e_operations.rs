@@ -10,7 +10,7 @@ use kube::Api;
 use serde_json::json;
 use support::{
     ControlPlane, control_plane,
-    e2e::{Operator, apply_connection, emulator, put_secret, wait_condition},
+    e2e::{Operator, apply_connection, condition, emulator, put_secret, wait_condition},
     helm, repo_root,
 };
 
@@ -121,7 +121,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     let sim = emulator(&[("acme", true)], &[("acme", "acme-client", "s3cret")]).await;
     let ns = cp.namespace("leader");
     put_secret(&client, &ns, "creds", &[("clientId", "acme-client"), ("clientSecret", "s3cret")]).await;
-    let lease_args = ["--leader-elect", "--lease-namespace", &ns, "--lease-duration-seconds", "4"];
+    let lease_args = ["--leader-elect", "--lease-namespace", &ns, "--lease-duration-seconds", "10"];
     let mut first = Operator::start(cp, &[&ns], &[&lease_args[..], &["--identity", "first"]].concat());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let holder = support::eventually("a lease holder", READY_TIMEOUT, || {
@@ -166,7 +166,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
 
     // The leader dies without releasing: the standby takes over after the lease expires.
     first.kill();
-    support::eventually("the standby to take the lease", Duration::from_secs(20), || {
+    support::eventually("the standby to take the lease", Duration::from_secs(30), || {
         let leases = leases.clone();
         async move {
             let lease = leases.get_opt("carerix-operator").await.ok().flatten()?;
@@ -183,7 +183,8 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
         let ns = ns.clone();
         async move {
             let obj = support::e2e::get_connection(&client, &ns, "acme").await?;
-            (obj.status?.observed_generation == generation).then_some(())
+            let ready = condition(&obj, "Ready").is_some_and(|(status, ..)| status == "True");
+            (ready && obj.status?.observed_generation == generation).then_some(())
         }
     })
     .await;

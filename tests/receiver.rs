@@ -99,7 +99,14 @@ async fn a_signed_delivery_updates_the_row_within_seconds() {
         .await,
         "the delivery reached the sink"
     );
-    assert!(h.metrics.render().contains("receiver_deliveries_total{result=\"accepted\"}"));
+    // The row is committed before the answer is counted.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metrics.render().contains("receiver_deliveries_total{result=\"accepted\"}")
+        })
+        .await,
+        "the delivery is counted as accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -170,7 +170,7 @@ impl RateLimiters {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shares_budget_per_tenant() {
         let registry = RateLimiters::new(2);
         let a1 = registry.for_tenant("a");
