@@ -10,7 +10,7 @@ use kube::Api;
 use serde_json::json;
 use support::{
     ControlPlane, control_plane,
-    e2e::{Operator, apply_connection, condition, emulator, put_secret, wait_condition},
+    e2e::{Operator, apply_connection, emulator, put_secret, wait_condition},
     helm, repo_root,
 };
 
@@ -178,15 +178,14 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     changed["webhooks"] =
         json!([{"name": "a", "events": ["crmatch:created", "crjob:created"], "url": standby_url}]);
     let generation = apply_connection(&client, &ns, "acme", changed).await.metadata.generation;
-    support::eventually("the new leader to reconcile the change", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            let obj = support::e2e::get_connection(&client, &ns, "acme").await?;
-            let ready = condition(&obj, "Ready").is_some_and(|(status, ..)| status == "True");
-            (ready && obj.status?.observed_generation == generation).then_some(())
-        }
-    })
+    support::e2e::wait_ready_and(
+        &client,
+        &ns,
+        "acme",
+        "the new leader to reconcile the change",
+        READY_TIMEOUT,
+        |s| s.observed_generation == generation,
+    )
     .await;
     assert_eq!(sim.sim().applications("acme").expect("apps").len(), 1, "no duplicate application");
     // The replaced webhook is created before the old one is deleted; once the passes settle (the

@@ -16,7 +16,7 @@ use support::{
     control_plane,
     e2e::{
         Operator, apply_connection, condition, delete_connection, emulator, get_connection, put_secret,
-        wait_condition, wait_gone,
+        wait_condition, wait_gone, wait_ready_and,
     },
 };
 
@@ -239,15 +239,8 @@ async fn webhooks_not_activated_explains_what_to_do_and_a_requested_reconcile_re
     .expect("annotate");
     // An interval pass may turn Ready before the annotation reaches the operator; the pass it
     // triggers echoes the stamp just after.
-    support::eventually("Ready with the reconcile request echoed", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            let obj = get_connection(&client, &ns, "acme").await?;
-            let ready = condition(&obj, "Ready").is_some_and(|(status, ..)| status == "True");
-            let echoed = obj.status?.last_handled_reconcile_at.as_deref() == Some(stamp);
-            (ready && echoed).then_some(())
-        }
+    wait_ready_and(&client, &ns, "acme", "Ready with the reconcile request echoed", READY_TIMEOUT, |s| {
+        s.last_handled_reconcile_at.as_deref() == Some(stamp)
     })
     .await;
 }
@@ -352,14 +345,8 @@ async fn a_spec_change_replaces_the_affected_webhook_and_observed_generation_fol
     ]);
     let changed = apply_connection(&client, &ns, "acme", spec(&url, "acme", "creds", after)).await;
     let generation = changed.metadata.generation;
-    let obj = support::eventually("the new generation to be observed", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            let obj = get_connection(&client, &ns, "acme").await?;
-            let status = obj.status.clone()?;
-            (status.observed_generation == generation && condition(&obj, "Ready")?.0 == "True").then_some(obj)
-        }
+    let obj = wait_ready_and(&client, &ns, "acme", "the new generation to be observed", READY_TIMEOUT, |s| {
+        s.observed_generation == generation
     })
     .await;
     let ready = obj.status.as_ref().expect("status").conditions.iter().find(|c| c.type_ == "Ready").cloned();
@@ -601,14 +588,8 @@ async fn a_paused_leader_is_replaced_and_does_not_act_when_it_wakes_up() {
     // Ready at the new generation: observedGeneration alone also follows a pass that backed off
     // half-way (the new leader's first pass may find the tenant's rate limit used up), and the
     // rest of its work would then be counted against the woken replica below.
-    support::eventually("the new leader to reconcile the change", READY_TIMEOUT, || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            let obj = get_connection(&client, &ns, "acme").await?;
-            let ready = condition(&obj, "Ready").is_some_and(|(status, ..)| status == "True");
-            (ready && obj.status?.observed_generation == generation).then_some(())
-        }
+    wait_ready_and(&client, &ns, "acme", "the new leader to reconcile the change", READY_TIMEOUT, |s| {
+        s.observed_generation == generation
     })
     .await;
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use carerix_operator::api::CarerixConnection;
+use carerix_operator::api::{CarerixConnection, CarerixConnectionStatus};
 use carerix_sim::{ClientConfig, Config as SimConfig, SimHandle, TenantConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -292,6 +292,25 @@ pub async fn wait_condition(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Waits until the connection is Ready and its status also passes `check` (a generation, an
+/// echoed stamp). Ready matters: a pass that backs off half-way also writes `observedGeneration`.
+pub async fn wait_ready_and(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&CarerixConnectionStatus) -> bool,
+) -> CarerixConnection {
+    let check = &check;
+    super::eventually(what, timeout, || async move {
+        let obj = get_connection(client, ns, name).await?;
+        let ready = condition(&obj, "Ready").is_some_and(|(status, ..)| status == "True");
+        (ready && obj.status.as_ref().is_some_and(check)).then_some(obj)
+    })
+    .await
 }
 
 /// Waits until the connection no longer exists (its finalizer has run).
