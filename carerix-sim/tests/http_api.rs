@@ -395,14 +395,15 @@ async fn receiver(fail_first: usize) -> (String, Received) {
     (format!("http://{addr}/hook"), rec)
 }
 
-async fn wait_for(rec: &Received, n: usize) {
+/// Polls `done` for up to 5 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
     for _ in 0..200 {
-        if rec.0.lock().expect("lock").len() >= n {
+        if done() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("expected {n} deliveries");
+    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
@@ -433,7 +434,7 @@ async fn a_signed_delivery_verifies_with_the_application_public_key_after_a_retr
     fields.insert("firstName".into(), json!("Gerrit"));
     let after = h.sim().update_record("acme", Entity::Employee, id, fields).expect("update");
     assert_ne!(after["modificationDate"], before);
-    wait_for(&rec, 2).await;
+    until("two deliveries", || rec.0.lock().expect("lock").len() >= 2).await;
     let (headers, body) = rec.0.lock().expect("lock")[1].clone();
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["cx-payload-schema-version"], "1");
@@ -449,14 +450,8 @@ async fn a_signed_delivery_verifies_with_the_application_public_key_after_a_retr
     assert_eq!(payload["data"]["entityId"], id.to_string());
     assert!(payload["data"]["changedFields"].as_array().expect("cf").contains(&json!("firstname")));
     // The receiver has the body before the emulator has its answer: wait for the log to catch up.
-    let mut log = h.sim().delivery_log();
-    for _ in 0..200 {
-        if log.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        log = h.sim().delivery_log();
-    }
+    until("the emulator to log both attempts", || h.sim().delivery_log().len() >= 2).await;
+    let log = h.sim().delivery_log();
     assert_eq!(log.len(), 2, "the emulator logs both attempts: {log:?}");
     assert_eq!(log[0].status_code, Some(500));
     assert_eq!(log[1].status_code, Some(204));

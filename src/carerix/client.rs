@@ -282,6 +282,7 @@ pub struct CarerixClient {
     pub(crate) inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Inner {
     http: reqwest::Client,
     pub(crate) api_url: Url,
@@ -332,18 +333,7 @@ impl CarerixClient {
     /// The same client (HTTP pool, token and its cache, rate limit) retrying by `retry` instead:
     /// the reconciler's and the sync's clients of one connection share one token this way.
     pub fn with_retry_policy(&self, retry: RetryPolicy) -> CarerixClient {
-        let inner = &self.inner;
-        CarerixClient {
-            inner: Arc::new(Inner {
-                http: inner.http.clone(),
-                api_url: inner.api_url.clone(),
-                tenant: inner.tenant.clone(),
-                tokens: inner.tokens.clone(),
-                limiter: inner.limiter.clone(),
-                retry,
-                observer: inner.observer.clone(),
-            }),
-        }
+        CarerixClient { inner: Arc::new(Inner { retry, ..Inner::clone(&self.inner) }) }
     }
 
     /// The tenant this client works for.

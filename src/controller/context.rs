@@ -3,8 +3,6 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use kube::{Client, ResourceExt};
-
-use super::events::Events;
 use tokio::sync::Mutex;
 
 use super::{
@@ -12,6 +10,7 @@ use super::{
     allowed_hosts::AllowedHosts,
     backoff::{BackoffPolicy, Backoffs},
     carerix_api::CarerixApi,
+    events::Events,
 };
 use crate::{
     api::{CarerixConnection, CarerixConnectionSpec},

@@ -528,14 +528,14 @@ fn world_in(
     let cx = Arc::new(cx);
     let sync = Arc::new(FakeSync::default());
     let client = kube.client();
-    let recorder =
+    let events =
         super::events::Events::new(client.clone(), Reporter { controller: "test".into(), instance: None });
     let ctx = Arc::new(
         Context::with_connector(
             client,
             Settings::default(),
             RateLimiters::new(10),
-            recorder,
+            events,
             Arc::new(Metrics::new()),
             sync.clone(),
             if metered {
